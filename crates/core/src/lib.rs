@@ -1,0 +1,18 @@
+//! plinth's domain model and decisions, as pure functions over plain data: the plinth.toml
+//! model and its validation, stacks and their order, the local module graph, and which stacks
+//! a change touches. This crate does no I/O; trees of files come in through [`tree::Tree`].
+
+pub mod changes;
+pub mod config;
+pub mod error;
+mod glob;
+pub mod mapping;
+pub mod modules;
+pub mod pattern;
+pub mod slug;
+pub mod stack;
+pub mod tree;
+
+pub use config::{CONFIG_FILE, Config, Loaded};
+pub use error::{Diagnostic, Diagnostics, ErrorCode, SourceFile};
+pub use stack::{Stack, StackSet, Workspace};
