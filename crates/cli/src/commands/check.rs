@@ -1,0 +1,181 @@
+//! `plinth check`: validate plinth.toml and show every stack as plinth sees it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use plinth_core::config::LoadError;
+use plinth_core::modules::ModuleLookup;
+use plinth_core::stack::StackJson;
+use plinth_core::{CONFIG_FILE, Loaded};
+use serde::Serialize;
+
+use super::Outcome;
+use super::source::{Source, module_graph, read_config};
+use crate::output::{Failure, Format, print_json, table};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The repository, or a directory holding plinth.toml.
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    /// Check plinth.toml as committed at this revision, instead of the files on disk.
+    #[arg(long)]
+    rev: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t, visible_alias = "format")]
+    output: Format,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    valid: bool,
+    source: String,
+    main_branch: &'a str,
+    environments: Vec<EnvironmentJson<'a>>,
+    stacks: Vec<CheckedStack<'a>>,
+    warnings: Vec<plinth_core::error::DiagnosticJson>,
+}
+
+#[derive(Serialize)]
+struct EnvironmentJson<'a> {
+    name: &'a str,
+    branches: Vec<&'a str>,
+    approval: bool,
+    approvers: &'a [String],
+}
+
+#[derive(Serialize)]
+struct CheckedStack<'a> {
+    #[serde(flatten)]
+    stack: StackJson<'a>,
+    modules: Vec<String>,
+    module_problems: Vec<String>,
+}
+
+pub fn run(args: Args) -> Outcome {
+    let format = args.output;
+    let source = Source::open(&args.repo, args.rev.as_deref(), format)?;
+    let described = source.describe();
+    source.with_tree(format, |tree| {
+        let text = read_config(tree, &described, format)?;
+        let loaded = match Loaded::load(CONFIG_FILE, &text, tree) {
+            Ok(loaded) => loaded,
+            Err(LoadError::Config(diagnostics)) => {
+                if format == Format::Json {
+                    print_json(&serde_json::json!({"valid": false, "source": described,
+                                                   "errors": diagnostics.to_json()}));
+                    return Ok(ExitCode::from(1));
+                }
+                return Err(Failure::diagnostics(&diagnostics, format));
+            }
+            Err(e) => return Err(Failure::coded(&e, format)),
+        };
+        let graph = module_graph(tree, format)?;
+        let stacks: Vec<CheckedStack> = loaded
+            .stacks
+            .iter()
+            .map(|s| {
+                let modules = graph.modules_of(&s.dir);
+                let module_problems = std::iter::once(s.dir.as_str())
+                    .chain(modules.iter().map(String::as_str))
+                    .filter_map(|d| graph.get(d))
+                    .flat_map(|m| m.problems.iter().cloned())
+                    .collect();
+                CheckedStack { stack: StackJson::new(s, None), modules, module_problems }
+            })
+            .collect();
+        let warnings = loaded.warning_diagnostics();
+        match format {
+            Format::Json => print_json(&Report {
+                valid: true,
+                source: described.clone(),
+                main_branch: &loaded.config.main_branch,
+                environments: loaded
+                    .config
+                    .environments
+                    .values()
+                    .map(|e| EnvironmentJson {
+                        name: &e.name,
+                        branches: e.branches.iter().map(|b| b.raw()).collect(),
+                        approval: e.approval,
+                        approvers: &e.approvers,
+                    })
+                    .collect(),
+                stacks,
+                warnings: warnings.to_json(),
+            }),
+            Format::Text => print_text(&loaded, &stacks, &described, &warnings),
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() { "-".to_owned() } else { s.to_owned() }
+}
+
+fn print_text(loaded: &Loaded, stacks: &[CheckedStack], source: &str, warnings: &plinth_core::Diagnostics) {
+    let envs = &loaded.config.environments;
+    println!(
+        "{CONFIG_FILE} is valid ({source}): {} stack{}, {} environment{}, releases from `{}`.",
+        stacks.len(),
+        if stacks.len() == 1 { "" } else { "s" },
+        envs.len(),
+        if envs.len() == 1 { "" } else { "s" },
+        loaded.config.main_branch
+    );
+    if !envs.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = envs
+            .values()
+            .map(|e| {
+                vec![
+                    e.name.clone(),
+                    dash(&e.branches.iter().map(|b| b.raw()).collect::<Vec<_>>().join(", ")),
+                    if e.approval {
+                        format!(
+                            "required ({})",
+                            if e.approvers.is_empty() { "admin".into() } else { e.approvers.join(", ") }
+                        )
+                    } else {
+                        "-".into()
+                    },
+                ]
+            })
+            .collect();
+        print!("{}", table(&["ENVIRONMENT", "BRANCHES", "APPROVAL"], &rows));
+    }
+    if !stacks.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = stacks
+            .iter()
+            .map(|s| {
+                let st = &s.stack;
+                vec![
+                    st.name.to_owned(),
+                    st.path.to_owned(),
+                    dash(st.environment.unwrap_or("")),
+                    if st.workspace_per_branch {
+                        "per branch".into()
+                    } else {
+                        st.workspace.clone().unwrap_or_else(|| "default".into())
+                    },
+                    dash(&st.depends_on.join(", ")),
+                    dash(&s.modules.join(", ")),
+                ]
+            })
+            .collect();
+        print!("{}", table(&["STACK", "PATH", "ENV", "WORKSPACE", "DEPENDS ON", "MODULES"], &rows));
+    }
+    for s in stacks {
+        for problem in &s.module_problems {
+            eprintln!(
+                "warning[modules.unreadable]: stack `{}`: could not read module blocks in {problem}",
+                s.stack.name
+            );
+        }
+    }
+    if !warnings.items.is_empty() {
+        eprintln!("{warnings}");
+    }
+}

@@ -1,0 +1,14 @@
+//! One module per subcommand.
+
+pub mod changed;
+pub mod check;
+pub mod init;
+pub mod quickstart;
+mod source;
+
+use std::process::ExitCode;
+
+use crate::output::Failure;
+
+/// What every command returns: an exit code, or a failure to print.
+pub type Outcome = Result<ExitCode, Failure>;

@@ -1,0 +1,69 @@
+//! The `plinth` binary: parses the command line and hands each subcommand to its module.
+
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// plinth: releases for Terraform stacks and container services, from one binary.
+#[derive(Debug, Parser)]
+#[command(name = "plinth", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log level for plinth's own diagnostics on stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, env = "PLINTH_LOG", default_value = "warn")]
+    log: String,
+    /// Log format: plain text for people, or one JSON object per line.
+    #[arg(long, global = true, env = "PLINTH_LOG_FORMAT", value_enum, default_value = "plain")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a starting plinth.toml for the Terraform roots found in a directory.
+    Init(commands::init::Args),
+    /// Validate plinth.toml and list every stack with its environment, workspace,
+    /// dependencies and local modules.
+    Check(commands::check::Args),
+    /// List the stacks a range of commits changed, in dependency waves, with the reasons.
+    Changed(commands::changed::Args),
+    /// Create an example repo in a temp dir and walk through what plinth does with it.
+    Quickstart(commands::quickstart::Args),
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_format);
+    let result = match cli.command {
+        Command::Init(args) => commands::init::run(args),
+        Command::Check(args) => commands::check::run(args),
+        Command::Changed(args) => commands::changed::run(args),
+        Command::Quickstart(args) => commands::quickstart::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(failure) => {
+            failure.print();
+            ExitCode::from(1)
+        }
+    }
+}
