@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what plinth's test suite needs on a fresh Debian machine. Safe to run again:
+# it only installs what is missing. Called by .ci/run; run it yourself before `cargo test`.
+set -euo pipefail
+
+need_apt=()
+command -v git >/dev/null 2>&1 || need_apt+=(git)
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}"
+fi
+
+git --version
