@@ -1,5 +1,6 @@
 //! The `plinth` binary: parses the command line and hands each subcommand to its module.
 
+mod client;
 mod commands;
 mod output;
 
@@ -38,6 +39,18 @@ enum Command {
     Changed(commands::changed::Args),
     /// Create an example repo in a temp dir and walk through what plinth does with it.
     Quickstart(commands::quickstart::Args),
+    /// Watch a repository, and plan and apply its stacks as commits arrive.
+    Server(commands::server::Args),
+    /// Runs on a plinth server: list, show, logs, approve, reject, cancel, wait, unlock.
+    Runs(commands::runs::RunsArgs),
+    /// Ask a plinth server to plan a revision (plans by hand never apply).
+    Plan(commands::runs::PlanArgs),
+    /// The stacks a plinth server knows, with locks and latest runs.
+    Stacks(commands::runs::StacksArgs),
+    /// API tokens: create, list, revoke (admin).
+    Tokens(commands::runs::TokensArgs),
+    /// Read a plinth server's audit log (admin).
+    Audit(commands::runs::AuditArgs),
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -58,6 +71,12 @@ fn main() -> ExitCode {
         Command::Check(args) => commands::check::run(args),
         Command::Changed(args) => commands::changed::run(args),
         Command::Quickstart(args) => commands::quickstart::run(args),
+        Command::Server(args) => commands::server::run(args),
+        Command::Runs(args) => commands::runs::run(args),
+        Command::Plan(args) => commands::runs::plan(args),
+        Command::Stacks(args) => commands::runs::stacks(args),
+        Command::Tokens(args) => commands::runs::tokens(args),
+        Command::Audit(args) => commands::runs::audit(args),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 //! model and its validation, stacks and their order, the local module graph, and which stacks
 //! a change touches. This crate does no I/O; trees of files come in through [`tree::Tree`].
 
+pub mod auth;
 pub mod changes;
 pub mod config;
 pub mod error;
@@ -9,8 +10,10 @@ mod glob;
 pub mod mapping;
 pub mod modules;
 pub mod pattern;
+pub mod run;
 pub mod slug;
 pub mod stack;
+pub mod time;
 pub mod tree;
 
 pub use config::{CONFIG_FILE, Config, Loaded};

@@ -66,6 +66,29 @@ fn json_module_sources(text: &str) -> Result<Vec<String>, serde_json::Error> {
     Ok(out)
 }
 
+/// Whether Terraform files configure a backend (or Terraform Cloud) for their state. Files
+/// that do not parse count as not configuring one; Terraform reports those errors itself.
+pub fn declares_backend(files: &[(String, Vec<u8>)]) -> bool {
+    files.iter().any(|(name, bytes)| {
+        if memchr::memmem::find(bytes, b"backend").is_none() && memchr::memmem::find(bytes, b"cloud").is_none() {
+            return false;
+        }
+        let Ok(text) = std::str::from_utf8(bytes) else { return false };
+        if name.ends_with(".json") {
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else { return false };
+            let blocks = match value.get("terraform") {
+                Some(serde_json::Value::Array(items)) => items.clone(),
+                Some(other) => vec![other.clone()],
+                None => Vec::new(),
+            };
+            blocks.iter().any(|b| b.get("backend").is_some() || b.get("cloud").is_some())
+        } else {
+            let Ok(body) = hcl_edit::parser::parse_body(text) else { return false };
+            body.get_blocks("terraform").any(|t| t.body.has_blocks("backend") || t.body.has_blocks("cloud"))
+        }
+    })
+}
+
 /// The repo directory a local module source names, relative to the directory `dir` using it.
 /// `None` for registry, git and other remote sources, and for paths that leave the repo.
 pub fn resolve_local_source(dir: &str, source: &str) -> Option<String> {
@@ -644,6 +667,17 @@ mod tests {
         assert_eq!(module_sources("x.tf", b"resource \"a\" \"b\" {}").unwrap(), Vec::<String>::new());
         let err = module_sources("bad.tf", b"module \"x\" {\n  source = \n").unwrap_err();
         assert!(err.starts_with("bad.tf:"), "{err}");
+    }
+
+    #[test]
+    fn backends_are_noticed_in_hcl_and_json() {
+        let file = |name: &str, text: &str| (name.to_owned(), text.as_bytes().to_vec());
+        assert!(declares_backend(&[file("main.tf", "terraform {\n  backend \"s3\" {}\n}\n")]));
+        assert!(declares_backend(&[file("x.tf", "terraform {\n  cloud {\n organization = \"o\"\n }\n}\n")]));
+        assert!(declares_backend(&[file("b.tf.json", r#"{"terraform": {"backend": {"local": {}}}}"#)]));
+        assert!(!declares_backend(&[file("main.tf", "resource \"terraform_data\" \"backend\" {}\n")]));
+        assert!(!declares_backend(&[file("main.tf", "terraform {\n  required_version = \">= 1.5\"\n}\n")]));
+        assert!(!declares_backend(&[]));
     }
 
     #[test]

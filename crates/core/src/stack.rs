@@ -153,6 +153,13 @@ fn same_cycle(a: &[String], b: &[String]) -> bool {
     a.len() == b.len() && (0..a.len()).any(|shift| a.iter().cycle().skip(shift).take(a.len()).eq(b.iter()))
 }
 
+/// The directory name under which plinth keeps a stack's state when the stack configures no
+/// backend of its own: the stack name with `%` and `/` percent-encoded, so that it is one
+/// directory name and different stacks never share one.
+pub fn state_dir_name(stack: &str) -> String {
+    stack.replace('%', "%25").replace('/', "%2F")
+}
+
 /// A stack as JSON output shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct StackJson<'a> {

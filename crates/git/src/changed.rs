@@ -1,7 +1,7 @@
 //! `plinth changed` over a repository: resolve the revisions, diff the trees, load plinth.toml at
 //! both ends, and ask plinth-core which stacks the change touches.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use gix::ObjectId;
 use plinth_core::changes::{self, AffectedError, AffectedStack, ChangeKind, ConfigChanges, Inputs};
@@ -31,6 +31,9 @@ pub struct ChangedReport {
     pub config_warnings: Diagnostics,
     /// Other things worth knowing, such as module files that could not be parsed.
     pub notes: Vec<String>,
+    /// For each affected (not deleted) stack, the affected stacks it must wait for: those it
+    /// depends on directly or through stacks the change did not touch.
+    pub waits_for: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Why `changed` could not answer.
@@ -171,11 +174,30 @@ fn changed_once(
         Err(AffectedError::Config(d)) => return Err(ChangedError::Config(LoadError::Config(d))),
         Err(AffectedError::Tree(e)) => return Err(e.into()),
     };
+    let live: BTreeSet<String> = stacks.iter().filter(|s| !s.deleted).map(|s| s.stack.name.clone()).collect();
+    let mut tree_error = None;
+    let waits_for = plinth_core::run::waits_for(&live, |name| match head.site_named(name) {
+        Ok(Some(site)) => match head.stack(&site) {
+            Ok(stack) => stack.depends_on.clone(),
+            Err(e) => {
+                tree_error = Some(e);
+                Vec::new()
+            }
+        },
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tree_error = Some(e);
+            Vec::new()
+        }
+    });
+    if let Some(e) = tree_error {
+        return Err(e.into());
+    }
     if let Ok(more) = head.finish() {
         warnings.extend(more);
     }
     let config_warnings = Diagnostics { file: head_config.source.clone(), items: warnings };
-    Ok(Some(ChangedReport { comparison, stacks, config_warnings, notes }))
+    Ok(Some(ChangedReport { comparison, stacks, config_warnings, notes, waits_for }))
 }
 
 /// The commit as a short string for people.

@@ -7,14 +7,16 @@
 mod changed;
 mod error;
 mod fs_tree;
+mod mirror;
 mod module_cache;
 mod repo;
 
 pub use changed::{ChangedError, ChangedOptions, ChangedReport, changed, short};
 pub use error::GitError;
 pub use fs_tree::FsTree;
+pub use mirror::{Mirror, MirrorError};
 pub use module_cache::ModuleCache;
-pub use repo::{Comparison, GitCommit, GitTree, Repo};
+pub use repo::{Comparison, ExportError, GitCommit, GitTree, Repo};
 
 /// The id of git's empty tree, which a first commit is compared against.
 pub fn empty_tree_hex() -> String {

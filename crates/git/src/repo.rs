@@ -278,6 +278,64 @@ impl GitTree<'_> {
     }
 }
 
+/// Why a tree could not be written out.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("reading the tree failed: {0}")]
+    Tree(#[from] TreeError),
+    #[error("writing {path} failed: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("the tree holds an entry named `{0}`, which is unsafe to write out")]
+    UnsafeName(String),
+}
+
+impl GitTree<'_> {
+    /// Writes every file of the tree under `dest`, with git's modes: executables stay
+    /// executable, symlinks stay symlinks, submodules become empty directories. Returns the
+    /// number of files written. Entries whose names could escape `dest` are refused.
+    pub fn export(&self, dest: &Path) -> Result<u64, ExportError> {
+        let write_error =
+            |path: &Path, source: std::io::Error| ExportError::Write { path: path.display().to_string(), source };
+        std::fs::create_dir_all(dest).map_err(|e| write_error(dest, e))?;
+        let mut count = 0;
+        let mut pending = vec![(self.root, dest.to_path_buf())];
+        while let Some((id, dir)) = pending.pop() {
+            let listing = self.listing(id)?;
+            for (name, entry_id, mode) in listing.iter() {
+                if name.is_empty()
+                    || name == "."
+                    || name == ".."
+                    || name.contains(['/', '\\', '\0'])
+                    || name.eq_ignore_ascii_case(".git")
+                {
+                    return Err(ExportError::UnsafeName(name.to_owned()));
+                }
+                let path = dir.join(name);
+                if mode.is_tree() {
+                    std::fs::create_dir(&path).map_err(|e| write_error(&path, e))?;
+                    pending.push((entry_id, path));
+                } else if mode.is_commit() {
+                    std::fs::create_dir(&path).map_err(|e| write_error(&path, e))?;
+                } else {
+                    let blob = self.repo.find_blob(entry_id).map_err(tree_error)?;
+                    if mode.is_link() {
+                        let target = String::from_utf8_lossy(&blob.data).into_owned();
+                        std::os::unix::fs::symlink(target, &path).map_err(|e| write_error(&path, e))?;
+                    } else {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::write(&path, &blob.data).map_err(|e| write_error(&path, e))?;
+                        let perms = if mode.is_executable() { 0o755 } else { 0o644 };
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(perms))
+                            .map_err(|e| write_error(&path, e))?;
+                        count += 1;
+                    }
+                }
+            }
+        }
+        Ok(count)
+    }
+}
+
 /// Git's tree order: names compare as bytes, with directories as if they ended in `/`.
 fn git_order(a: (&str, bool), b: (&str, bool)) -> std::cmp::Ordering {
     fn key<'s>((name, is_dir): (&'s str, bool)) -> impl Iterator<Item = u8> + 's {

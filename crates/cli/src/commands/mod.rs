@@ -4,6 +4,8 @@ pub mod changed;
 pub mod check;
 pub mod init;
 pub mod quickstart;
+pub mod runs;
+pub mod server;
 mod source;
 
 use std::process::ExitCode;

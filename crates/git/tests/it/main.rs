@@ -303,3 +303,83 @@ fn the_tree_diff_agrees_with_git() {
         assert_eq!(ours_sorted, git);
     }
 }
+
+#[test]
+fn a_commit_exports_with_modes_and_links() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut t = TestRepo::new();
+    t.write("terraform/stg/main.tf", "resource \"terraform_data\" \"x\" {}\n");
+    t.write("scripts/run.sh", "#!/bin/sh\necho hi\n");
+    std::fs::set_permissions(t.path().join("scripts/run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("../scripts/run.sh", t.path().join("terraform/run")).unwrap();
+    t.write("dir with space/日本.txt", "x");
+    let head = t.commit("export me");
+    let r = open(&t);
+    let tree = r.tree(Some(r.resolve(&head).unwrap())).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let out = dest.path().join("ws");
+    let files = tree.export(&out).unwrap();
+    assert_eq!(files, 3);
+    assert_eq!(
+        std::fs::read_to_string(out.join("terraform/stg/main.tf")).unwrap(),
+        "resource \"terraform_data\" \"x\" {}\n"
+    );
+    assert_eq!(std::fs::read_to_string(out.join("dir with space/日本.txt")).unwrap(), "x");
+    let mode = std::fs::metadata(out.join("scripts/run.sh")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
+    assert_eq!(std::fs::read_link(out.join("terraform/run")).unwrap(), std::path::Path::new("../scripts/run.sh"));
+    assert!(!out.join(".git").exists());
+}
+
+#[tokio::test]
+async fn the_mirror_follows_branches_and_new_commits() {
+    use plinth_git::Mirror;
+    use std::time::Duration;
+    let mut t = TestRepo::new();
+    t.write("a", "1");
+    let first = t.commit("first");
+    let data = tempfile::tempdir().unwrap();
+    let mirror =
+        Mirror::open_or_clone(&t.path().display().to_string(), &data.path().join("repo.git"), Duration::from_secs(30))
+            .await
+            .unwrap();
+    assert_eq!(mirror.branches().await.unwrap().get("main"), Some(&first));
+
+    // Two commits on main, a feature branch with a commit, then a merge.
+    t.write("b", "2");
+    let second = t.commit("second");
+    t.write("c", "3");
+    let third = t.commit("third");
+    t.git(&["checkout", "-q", "-b", "feature"]);
+    t.write("f", "f");
+    let feature = t.commit("feature work");
+    t.git(&["checkout", "-q", "main"]);
+    t.git(&["merge", "-q", "--no-ff", "-m", "merge", "feature"]);
+    let merge = t.head();
+    mirror.fetch().await.unwrap();
+    let branches = mirror.branches().await.unwrap();
+    assert_eq!(branches["main"], merge);
+    assert_eq!(branches["feature"], feature);
+
+    // Main's new commits follow first parents: the merge is one commit.
+    assert_eq!(
+        mirror.new_commits(&merge, std::slice::from_ref(&first)).await.unwrap(),
+        [second.clone(), third.clone(), merge.clone()]
+    );
+    // A new branch's commits stop at what other branches already have.
+    assert_eq!(mirror.new_commits(&feature, std::slice::from_ref(&third)).await.unwrap(), std::slice::from_ref(&feature));
+    assert!(mirror.is_ancestor(&first, &merge).await.unwrap());
+    assert!(!mirror.is_ancestor(&merge, &first).await.unwrap());
+
+    // A known head that no longer exists (force-push, gc) is ignored, not an error.
+    let gone = "0123456789012345678901234567890123456789".to_owned();
+    assert_eq!(mirror.new_commits(&second, &[gone, first.clone()]).await.unwrap(), std::slice::from_ref(&second));
+
+    // Deleted branches disappear on fetch.
+    t.git(&["branch", "-q", "-D", "feature"]);
+    mirror.fetch().await.unwrap();
+    assert!(!mirror.branches().await.unwrap().contains_key("feature"));
+
+    let bad = Mirror::open_or_clone("/nonexistent/repo", &data.path().join("bad.git"), Duration::from_secs(30)).await;
+    assert!(matches!(bad, Err(plinth_git::MirrorError::Failed { .. })));
+}

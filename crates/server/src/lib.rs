@@ -1,0 +1,188 @@
+//! The plinth server: watches a repository (polling and webhooks), turns new commits into
+//! runs, plans and applies them with Terraform, serialized per state and with approvals where
+//! policy asks, and serves the JSON API under `/api/v1`.
+//!
+//! Start it with [`prepare`] then [`serve`]: tests bind port 0 and pass their own shutdown
+//! future, and the CLI passes SIGTERM/SIGINT.
+
+pub mod api;
+mod auth;
+mod error;
+mod logs;
+mod runner;
+mod scheduler;
+mod state;
+mod watcher;
+
+use std::future::Future;
+use std::time::Duration;
+
+use plinth_core::ErrorCode;
+use plinth_git::Mirror;
+use plinth_store::{NewAudit, NewToken};
+use tokio_util::task::TaskTracker;
+
+pub use error::ApiError;
+pub use state::{AppState, Paths, ServerConfig};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("could not prepare the data dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] plinth_store::StoreError),
+    #[error(transparent)]
+    Repo(#[from] plinth_git::MirrorError),
+    #[error("could not write the admin token to {path}: {source}")]
+    AdminToken { path: String, source: std::io::Error },
+    #[error("the HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+impl ErrorCode for ServerError {
+    fn code(&self) -> &'static str {
+        match self {
+            ServerError::DataDir { .. } => "server.data_dir",
+            ServerError::Store(e) => e.code(),
+            ServerError::Repo(e) => e.code(),
+            ServerError::AdminToken { .. } => "server.admin_token",
+            ServerError::Http(_) => "server.http",
+        }
+    }
+
+    fn http_status(&self) -> u16 {
+        500
+    }
+
+    fn help(&self) -> String {
+        match self {
+            ServerError::DataDir { .. } | ServerError::AdminToken { .. } => {
+                "Check that --data-dir is a directory the server's user can write.".into()
+            }
+            ServerError::Store(e) => e.help(),
+            ServerError::Repo(e) => e.help(),
+            ServerError::Http(_) => "Check that the listen address is free and allowed.".into(),
+        }
+    }
+}
+
+/// A server ready to serve: data dir in place, store open, repository mirrored, leftovers of
+/// a previous process put in order.
+#[derive(Debug)]
+pub struct Prepared {
+    pub state: AppState,
+    /// The admin token's secret, on the very first start only. It is also written to
+    /// `<data-dir>/admin.token` with mode 0600.
+    pub admin_token: Option<String>,
+}
+
+/// Sets everything up; nothing is served or run yet.
+pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
+    let paths = Paths::new(&config.data_dir);
+    for dir in [&paths.data, &paths.workspaces, &paths.state, &paths.plugin_cache, &paths.module_cache] {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| ServerError::DataDir { path: dir.display().to_string(), source })?;
+    }
+    let store = plinth_store::open(&format!("sqlite://{}", paths.database.display())).await?;
+    let mirror = Mirror::open_or_clone(&config.repo, &paths.mirror, config.git_timeout).await?;
+    let state = AppState::new(config, paths, store, mirror);
+    let admin_token = first_admin_token(&state).await?;
+    scheduler::recover(&state).await?;
+    // The first poll happens before serving: on a first start it remembers the branch heads
+    // (commits from then on make runs); after a restart it picks up what was pushed meanwhile.
+    if let Err(e) = watcher::poll_once(&state, "poll").await {
+        tracing::warn!(code = e.code, error = %e.message, "The first poll failed; polling goes on.");
+    }
+    Ok(Prepared { state, admin_token })
+}
+
+/// On the first start (no token ever made), creates the admin token.
+async fn first_admin_token(state: &AppState) -> Result<Option<String>, ServerError> {
+    if !state.store.tokens().await?.is_empty() {
+        return Ok(None);
+    }
+    let secret = auth::new_secret().map_err(|e| ServerError::AdminToken {
+        path: state.paths.admin_token.display().to_string(),
+        source: std::io::Error::other(e.message),
+    })?;
+    write_secret_file(&state.paths.admin_token, &secret)
+        .map_err(|source| ServerError::AdminToken { path: state.paths.admin_token.display().to_string(), source })?;
+    let token = NewToken {
+        name: "admin".into(),
+        hash: auth::hash_secret(&secret),
+        roles: vec!["admin".into()],
+        created_by: "plinth".into(),
+    };
+    state.store.create_token(token, state.now()).await?;
+    let entry = NewAudit {
+        actor: "plinth".into(),
+        action: "token.create".into(),
+        object: "token/admin".into(),
+        result: "ok".into(),
+        details: serde_json::json!({"roles": ["admin"], "first_start": true}),
+    };
+    state.store.append_audit(entry, state.now()).await?;
+    Ok(Some(secret))
+}
+
+/// Writes a file only its owner can read, replacing any old one.
+fn write_secret_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")
+}
+
+/// Serves until `shutdown` resolves, then stops: no new connections, no new runs, a grace
+/// period for running Terraform processes, then an interrupt for the rest. Plans interrupted
+/// this way start over next time; applies are marked interrupted and keep their lock.
+pub async fn serve(
+    prepared: Prepared,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let state = prepared.state;
+    let tracker = TaskTracker::new();
+    let watcher = tokio::spawn(watcher::run(state.clone()));
+    let scheduler = tokio::spawn(scheduler::run(state.clone(), tracker.clone()));
+    let stop = state.shutdown.clone();
+    let signal = async move {
+        shutdown.await;
+        stop.cancel();
+    };
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, repo = %state.config.repo, "plinth is serving.");
+    let served = axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(signal).await;
+    state.shutdown.cancel();
+    tracing::info!("Stopping: no new runs; waiting for running terraform.");
+    let _ = watcher.await;
+    let _ = scheduler.await;
+    tracker.close();
+    let grace = state.config.shutdown_grace;
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(grace = ?grace, "Terraform is still running after the grace period; interrupting it.");
+        let tokens: Vec<_> = state.running.lock().map(|m| m.values().cloned().collect()).unwrap_or_default();
+        for token in tokens {
+            token.cancel();
+        }
+        let hard = state.config.terraform_grace + Duration::from_secs(10);
+        if tokio::time::timeout(hard, tracker.wait()).await.is_err() {
+            tracing::error!("Runs did not stop; they will be recovered on the next start.");
+        }
+    }
+    tracing::info!("plinth stopped.");
+    served.map_err(ServerError::Http)
+}
+
+/// Runs the server on `listener` until `shutdown` resolves.
+pub async fn launch(
+    config: ServerConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let prepared = prepare(config).await?;
+    serve(prepared, listener, shutdown).await
+}

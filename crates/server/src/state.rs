@@ -1,0 +1,163 @@
+//! What the server's tasks share: its settings, the store, the repository mirror, the log hub,
+//! the signals that wake the watcher and the scheduler, and the runs in progress.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use plinth_core::time::Timestamp;
+use plinth_git::Mirror;
+use plinth_store::Store;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::logs::LogHub;
+
+/// How the server was started.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The repository to watch: a local path or a git URL.
+    pub repo: String,
+    pub data_dir: PathBuf,
+    /// How often to fetch; zero turns polling off (webhooks still trigger fetches).
+    pub poll_interval: Duration,
+    /// How many Terraform processes may run at once.
+    pub concurrency: usize,
+    /// The shared secret GitHub signs webhook deliveries with; webhooks are refused without it.
+    pub webhook_secret: Option<Vec<u8>>,
+    /// How long a shutdown waits for running Terraform processes before interrupting them.
+    pub shutdown_grace: Duration,
+    /// How long a git fetch may take.
+    pub git_timeout: Duration,
+    /// How long Terraform gets to stop after an interrupt before it is killed.
+    pub terraform_grace: Duration,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("repo", &self.repo)
+            .field("data_dir", &self.data_dir)
+            .field("poll_interval", &self.poll_interval)
+            .field("concurrency", &self.concurrency)
+            .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "<redacted>"))
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish()
+    }
+}
+
+impl ServerConfig {
+    pub fn new(repo: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            repo: repo.into(),
+            data_dir: data_dir.into(),
+            poll_interval: Duration::from_secs(5),
+            concurrency: 4,
+            webhook_secret: None,
+            shutdown_grace: Duration::from_secs(60),
+            git_timeout: Duration::from_secs(120),
+            terraform_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where things live in the data dir.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub data: PathBuf,
+    pub database: PathBuf,
+    pub admin_token: PathBuf,
+    pub mirror: PathBuf,
+    pub workspaces: PathBuf,
+    pub state: PathBuf,
+    pub plugin_cache: PathBuf,
+    pub module_cache: PathBuf,
+}
+
+impl Paths {
+    pub fn new(data: &Path) -> Self {
+        Paths {
+            data: data.to_path_buf(),
+            database: data.join("plinth.db"),
+            admin_token: data.join("admin.token"),
+            mirror: data.join("repo.git"),
+            workspaces: data.join("workspaces"),
+            state: data.join("state"),
+            plugin_cache: data.join("plugin-cache"),
+            module_cache: data.join("cache").join("modules"),
+        }
+    }
+
+    /// A run's own directory: its checkout, Terraform's working files and plan.
+    pub fn workspace(&self, run_id: i64) -> PathBuf {
+        self.workspaces.join(run_id.to_string())
+    }
+}
+
+/// The shared state, cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// See [`AppState`].
+#[derive(Debug)]
+pub struct Inner {
+    pub config: ServerConfig,
+    pub paths: Paths,
+    pub store: Arc<dyn Store>,
+    pub mirror: Mirror,
+    pub logs: LogHub,
+    pub wake_scheduler: Notify,
+    pub wake_watcher: Notify,
+    /// Serializes fetch-and-record, so that a webhook and the poll timer never race.
+    pub poll_lock: tokio::sync::Mutex<()>,
+    /// Cancelled when the server starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Runs whose Terraform is running, with the token that interrupts it.
+    pub running: Mutex<HashMap<i64, CancellationToken>>,
+}
+
+impl AppState {
+    pub fn new(config: ServerConfig, paths: Paths, store: Arc<dyn Store>, mirror: Mirror) -> Self {
+        let logs = LogHub::new(store.clone());
+        AppState(Arc::new(Inner {
+            config,
+            paths,
+            store,
+            mirror,
+            logs,
+            wake_scheduler: Notify::new(),
+            wake_watcher: Notify::new(),
+            poll_lock: tokio::sync::Mutex::new(()),
+            shutdown: CancellationToken::new(),
+            running: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The one clock the server reads.
+    pub fn now(&self) -> Timestamp {
+        Timestamp::from_system(SystemTime::now())
+    }
+
+    /// The interrupt token of a run in progress.
+    pub fn running_token(&self, run_id: i64) -> Option<CancellationToken> {
+        self.running.lock().ok().and_then(|m| m.get(&run_id).cloned())
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.running.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}

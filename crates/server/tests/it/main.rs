@@ -1,0 +1,9 @@
+//! The plinth server end to end: a real server in-process, a real git repo, the real terraform
+//! CLI with built-in providers only.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
+
+mod harness;
+mod runs;
+mod security;
+mod triggers;

@@ -1,0 +1,291 @@
+//! plinth's state behind one trait, [`Store`]: commit events and their runs, run logs, locks,
+//! API tokens, the append-only audit log, and the branch heads seen so far. Each backend lives
+//! in its own module with its own migrations; the URL scheme picks one at start-up. SQLite,
+//! in the data dir, is the embedded default.
+
+mod sqlite;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use plinth_core::ErrorCode;
+use plinth_core::run::{PlanSummary, Run, RunMode, RunStatus};
+use plinth_core::time::Timestamp;
+use serde::{Deserialize, Serialize};
+
+pub use sqlite::SqliteStore;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database failed: {0}")]
+    Database(String),
+    #[error("the database at {url} could not be opened: {reason}")]
+    Open { url: String, reason: String },
+    #[error("`{0}` is not a database URL plinth knows")]
+    UnknownScheme(String),
+    #[error("a token named `{0}` already exists")]
+    TokenExists(String),
+    #[error("stored data is not readable: {0}")]
+    Corrupt(String),
+}
+
+impl ErrorCode for StoreError {
+    fn code(&self) -> &'static str {
+        match self {
+            StoreError::Database(_) => "store.failed",
+            StoreError::Open { .. } => "store.open_failed",
+            StoreError::UnknownScheme(_) => "store.unknown_scheme",
+            StoreError::TokenExists(_) => "token.exists",
+            StoreError::Corrupt(_) => "store.corrupt",
+        }
+    }
+
+    fn http_status(&self) -> u16 {
+        match self {
+            StoreError::TokenExists(_) => 409,
+            _ => 500,
+        }
+    }
+
+    fn help(&self) -> String {
+        match self {
+            StoreError::Database(_) | StoreError::Corrupt(_) => {
+                "Check the server's log and the disk holding the data dir; the request can be retried.".into()
+            }
+            StoreError::Open { .. } => "Check that the data dir exists and is writable by the server's user.".into(),
+            StoreError::UnknownScheme(_) => "Use a `sqlite://PATH` URL.".into(),
+            StoreError::TokenExists(_) => "Pick another name, or revoke the existing token first.".into(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A commit seen on a branch, or a plan asked for by hand.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub branch: Option<String>,
+    pub commit: String,
+    /// `poll`, `webhook` or `manual`.
+    pub trigger: String,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub note: Option<String>,
+}
+
+/// An event to record.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub branch: Option<String>,
+    pub commit: String,
+    pub trigger: String,
+    pub created_by: String,
+    pub note: Option<String>,
+    /// The branch head to remember once the event is recorded.
+    pub advance_ref: Option<(String, String)>,
+    /// Whether the new runs supersede older waiting runs on the same locks and branch. Commits
+    /// do; plans asked for by hand do not.
+    pub supersede: bool,
+}
+
+/// A run to create with an event.
+#[derive(Clone, Debug)]
+pub struct NewRun {
+    pub stack: String,
+    pub path: String,
+    pub workspace: Option<String>,
+    pub environment: Option<String>,
+    pub lock_key: String,
+    pub terraform: String,
+    pub mode: RunMode,
+    pub wave: u32,
+    /// Stacks of the same event this run waits for.
+    pub waits_for: Vec<String>,
+}
+
+/// What an event recorded: its runs, and the older runs they superseded.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub event: Event,
+    pub runs: Vec<Run>,
+    pub superseded: Vec<Run>,
+}
+
+/// Fields a status change may set along with the status.
+#[derive(Clone, Debug, Default)]
+pub struct RunPatch {
+    pub reason: Option<String>,
+    pub plan: Option<PlanSummary>,
+    pub approved_by: Option<String>,
+}
+
+/// Which runs to list.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub stack: Option<String>,
+    pub status: Option<RunStatus>,
+    pub event_id: Option<i64>,
+    /// Only runs with a smaller id, for paging backwards.
+    pub before: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+/// One line of a run's output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub seq: u64,
+    /// `stdout`, `stderr`, or `plinth` for plinth's own notes.
+    pub stream: String,
+    pub text: String,
+    pub at: Timestamp,
+}
+
+/// A held lock on one state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    pub lock_key: String,
+    pub stack: String,
+    pub run_id: i64,
+    pub since: Timestamp,
+    /// `running`, `awaiting_approval` or `interrupted`.
+    pub reason: String,
+}
+
+/// An API token, without its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub name: String,
+    pub roles: Vec<String>,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A token to create; only the hash of its secret is stored.
+#[derive(Clone, Debug)]
+pub struct NewToken {
+    pub name: String,
+    pub hash: String,
+    pub roles: Vec<String>,
+    pub created_by: String,
+}
+
+/// One entry of the audit log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: Timestamp,
+    pub actor: String,
+    pub action: String,
+    pub object: String,
+    pub result: String,
+    pub details: serde_json::Value,
+}
+
+/// An audit entry to append.
+#[derive(Clone, Debug)]
+pub struct NewAudit {
+    pub actor: String,
+    pub action: String,
+    pub object: String,
+    pub result: String,
+    pub details: serde_json::Value,
+}
+
+/// Which audit entries to list.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub after: Option<i64>,
+    pub actor: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// What a start attempt found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    Started(Box<Run>),
+    /// The lock is held by another run.
+    Locked(Lock),
+    /// Another run on the same lock is planning or applying right now.
+    Busy(i64),
+    /// The run is no longer queued.
+    NotQueued,
+}
+
+/// Everything the server keeps, behind one trait so that backends can be swapped.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Records an event and its runs in one transaction, remembers the branch head, and (when
+    /// the event supersedes) marks older commit runs that have not started, or wait for
+    /// approval, on the same lock and branch as stale. Plans asked for by hand are never
+    /// superseded: someone asked for them.
+    async fn record_event(&self, event: NewEvent, runs: Vec<NewRun>, now: Timestamp) -> Result<Recorded>;
+    async fn events(&self, limit: u32) -> Result<Vec<Event>>;
+    async fn refs(&self) -> Result<BTreeMap<String, String>>;
+    /// Remembers branch heads without events (the first start, and deleted branches as `None`).
+    async fn set_refs(&self, refs: &BTreeMap<String, Option<String>>, now: Timestamp) -> Result<()>;
+
+    async fn run(&self, id: i64) -> Result<Option<Run>>;
+    async fn runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;
+    /// Every run that has not finished.
+    async fn unfinished_runs(&self) -> Result<Vec<Run>>;
+    /// Statuses and modes of the given runs, for dependency checks.
+    async fn outcomes(&self, ids: &[i64]) -> Result<Vec<(i64, RunStatus, RunMode)>>;
+    /// The newest run of each stack.
+    async fn latest_runs(&self) -> Result<Vec<Run>>;
+
+    /// Moves a run from queued to planning, in one transaction, if no other run on its lock is
+    /// planning or applying. An apply run also takes the lock (and needs it free); a plan-only
+    /// run takes no lock, and may plan while an apply run waiting for approval holds it.
+    async fn start_run(&self, id: i64, now: Timestamp) -> Result<Start>;
+    /// Moves a run to `to` if its current status allows that move
+    /// ([`RunStatus::can_move_to`]); `None` if it does not (another actor got there first).
+    /// Final statuses release the run's lock, except `interrupted`, which keeps it.
+    async fn transition(&self, id: i64, to: RunStatus, patch: RunPatch, now: Timestamp) -> Result<Option<Run>>;
+
+    async fn append_logs(&self, run_id: i64, lines: &[LogLine]) -> Result<()>;
+    /// The highest log sequence number stored for a run (0 when none).
+    async fn last_log_seq(&self, run_id: i64) -> Result<u64>;
+    async fn logs(&self, run_id: i64, after: u64, limit: u32) -> Result<Vec<LogLine>>;
+
+    async fn locks(&self) -> Result<Vec<Lock>>;
+    /// Removes the locks of a stack whose holder has finished (an interrupted apply). Returns
+    /// what was removed; refuses (returns the holder) while a holder is still active.
+    async fn unlock_stack(&self, stack: &str) -> Result<UnlockOutcome>;
+
+    async fn create_token(&self, token: NewToken, now: Timestamp) -> Result<Token>;
+    /// The active token with this secret hash.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<Token>>;
+    async fn tokens(&self) -> Result<Vec<Token>>;
+    /// Revokes the active token of that name; `false` if there is none.
+    async fn revoke_token(&self, name: &str, now: Timestamp) -> Result<bool>;
+
+    async fn append_audit(&self, entry: NewAudit, now: Timestamp) -> Result<AuditEntry>;
+    async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>>;
+}
+
+/// What unlocking a stack did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UnlockOutcome {
+    Unlocked(Vec<Lock>),
+    /// A run still holds the lock and is active or waiting; it must end first.
+    Busy(Lock),
+    NotLocked,
+}
+
+/// Opens the store a URL names (`sqlite://PATH`), applying migrations.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        return Ok(Arc::new(SqliteStore::open(std::path::Path::new(path)).await?));
+    }
+    Err(StoreError::UnknownScheme(url.to_owned()))
+}
