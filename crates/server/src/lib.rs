@@ -80,7 +80,9 @@ pub struct Prepared {
 /// Sets everything up; nothing is served or run yet.
 pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     let paths = Paths::new(&config.data_dir);
-    for dir in [&paths.data, &paths.workspaces, &paths.state, &paths.plugin_cache, &paths.module_cache] {
+    for dir in
+        [&paths.data, &paths.workspaces, &paths.log_spool, &paths.state, &paths.plugin_cache, &paths.module_cache]
+    {
         std::fs::create_dir_all(dir)
             .map_err(|source| ServerError::DataDir { path: dir.display().to_string(), source })?;
     }

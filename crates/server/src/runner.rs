@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use crate::logs::RunLog;
 use crate::state::AppState;
 
+/// The file in a run's workspace that holds its running terraform's process group id.
+pub const PGID_FILE: &str = "terraform.pgid";
+
 /// Which part of a run to execute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -55,6 +58,8 @@ impl From<TerraformError> for Failure {
 
 /// Where a run's files are inside its workspace directory.
 struct Layout {
+    /// Where the running terraform's process group id is written, for cleanup after a crash.
+    pgid: PathBuf,
     checkout: PathBuf,
     stack: PathBuf,
     plan: PathBuf,
@@ -67,7 +72,14 @@ impl Layout {
         let root = state.paths.workspace(run.id);
         let checkout = root.join("checkout");
         let stack = if run.path.is_empty() || run.path == "." { checkout.clone() } else { checkout.join(&run.path) };
-        Layout { plan: root.join("plan.tfplan"), home: root.join("home"), tmp: root.join("tmp"), stack, checkout }
+        Layout {
+            pgid: root.join(PGID_FILE),
+            plan: root.join("plan.tfplan"),
+            home: root.join("home"),
+            tmp: root.join("tmp"),
+            stack,
+            checkout,
+        }
     }
 }
 
@@ -266,7 +278,8 @@ async fn apply_steps(
     let result = async {
         let terraform = terraform_for(state, run, layout)?;
         let env = run_env(state, run);
-        let ctx = invocation(layout, &env, tx, cancel, state.config.terraform_grace);
+        let record = pgid_recorder(layout.pgid.clone());
+        let ctx = invocation(layout, &env, tx, cancel, state.config.terraform_grace, &record);
         pump(state, log, rx, terraform.apply(&ctx, &layout.plan)).await?;
         Ok::<_, Failure>(())
     }
@@ -299,8 +312,18 @@ fn invocation<'a>(
     tx: &'a mpsc::UnboundedSender<OutputLine>,
     cancel: &'a CancellationToken,
     grace: Duration,
+    record: &'a (dyn Fn(u32) + Send + Sync),
 ) -> Invocation<'a> {
-    Invocation { dir: &layout.stack, extra_env: env, output: tx, cancel, grace, on_spawn: None }
+    Invocation { dir: &layout.stack, extra_env: env, output: tx, cancel, grace, on_spawn: Some(record) }
+}
+
+/// Writes terraform's process group id where recovery finds it if the server dies.
+fn pgid_recorder(path: PathBuf) -> impl Fn(u32) + Send + Sync {
+    move |pgid| {
+        if let Err(e) = std::fs::write(&path, pgid.to_string()) {
+            tracing::warn!(file = %path.display(), error = %e, "Could not record terraform's process group.");
+        }
+    }
 }
 
 /// The Terraform driver for a run, with the base environment rooted in its workspace.
@@ -385,7 +408,8 @@ async fn plan_steps(
     }
     let terraform = terraform_for(state, run, layout)?;
     let env = run_env(state, run);
-    let ctx = invocation(layout, &env, tx, cancel, state.config.terraform_grace);
+    let record = pgid_recorder(layout.pgid.clone());
+    let ctx = invocation(layout, &env, tx, cancel, state.config.terraform_grace, &record);
     pump(state, log, rx, terraform.init(&ctx)).await?;
     if let Some(workspace) = &run.workspace {
         pump(state, log, rx, terraform.select_workspace(&ctx, workspace)).await?;

@@ -4,6 +4,7 @@
 //! starts after a stop.
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use plinth_core::run::{DependencyState, Pending, Run, RunMode, RunStatus, dependency_state, startable};
@@ -19,8 +20,22 @@ use crate::state::AppState;
 /// locked until an admin has checked the state; a plan waiting for approval whose files are
 /// gone is cancelled. Nothing is applied again by itself.
 pub async fn recover(state: &AppState) -> Result<(), plinth_store::StoreError> {
+    // The output a killed process had not stored yet comes first, before any note follows it.
+    state.logs.recover_spools().await?;
     let unfinished = state.store.unfinished_runs().await?;
     let mut keep: HashSet<i64> = HashSet::new();
+    // Terraform (and what it started) may have outlived a crashed server: end it first.
+    let workspaces: Vec<(i64, PathBuf)> = unfinished
+        .iter()
+        .filter(|r| r.status.is_active() || r.status == RunStatus::Planned)
+        .map(|r| (r.id, state.paths.workspace(r.id)))
+        .collect();
+    let _ = tokio::task::spawn_blocking(move || {
+        for (run_id, workspace) in workspaces {
+            kill_leftovers(run_id, &workspace);
+        }
+    })
+    .await;
     for run in &unfinished {
         let (to, text) = match run.status {
             RunStatus::Planning | RunStatus::Planned => {
@@ -55,6 +70,36 @@ pub async fn recover(state: &AppState) -> Result<(), plinth_store::StoreError> {
         }
     }
     Ok(())
+}
+
+/// Kills the process group a run's terraform ran in, if processes of it are still there and
+/// still working in the run's workspace (so that a reused group id never hits a stranger).
+fn kill_leftovers(run_id: i64, workspace: &Path) {
+    let Ok(text) = std::fs::read_to_string(workspace.join(runner::PGID_FILE)) else { return };
+    let Ok(pgid) = text.trim().parse::<u32>() else { return };
+    let ours = processes_in_group(pgid)
+        .into_iter()
+        .any(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(workspace)));
+    if ours && plinth_terraform::process::kill_group(pgid) {
+        tracing::warn!(run = run_id, pgid, "Killed terraform processes left over from the last server process.");
+    }
+}
+
+/// The processes whose process group is `pgid`, from /proc.
+fn processes_in_group(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // /proc/PID/stat: "pid (comm) state ppid pgrp ..."; comm may hold spaces and parens.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.to_owned()))
+                .and_then(|rest| rest.split_whitespace().nth(2).and_then(|g| g.parse::<u32>().ok()))
+                == Some(pgid)
+        })
+        .collect()
 }
 
 async fn append_note(state: &AppState, run_id: i64, text: &str) {

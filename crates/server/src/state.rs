@@ -70,6 +70,9 @@ pub struct Paths {
     pub admin_token: PathBuf,
     pub mirror: PathBuf,
     pub workspaces: PathBuf,
+    /// Each line of a run's output lands here as it arrives, before it is stored in batches,
+    /// so a killed server loses none of it (see [`crate::logs`]).
+    pub log_spool: PathBuf,
     pub state: PathBuf,
     pub plugin_cache: PathBuf,
     pub module_cache: PathBuf,
@@ -83,6 +86,7 @@ impl Paths {
             admin_token: data.join("admin.token"),
             mirror: data.join("repo.git"),
             workspaces: data.join("workspaces"),
+            log_spool: data.join("log-spool"),
             state: data.join("state"),
             plugin_cache: data.join("plugin-cache"),
             module_cache: data.join("cache").join("modules"),
@@ -132,7 +136,7 @@ pub struct Inner {
 
 impl AppState {
     pub fn new(config: ServerConfig, paths: Paths, store: Arc<dyn Store>, mirror: Mirror) -> Self {
-        let logs = LogHub::new(store.clone());
+        let logs = LogHub::new(store.clone(), paths.log_spool.clone());
         AppState(Arc::new(Inner {
             config,
             paths,

@@ -6,4 +6,5 @@
 mod harness;
 mod runs;
 mod security;
+mod shutdown;
 mod triggers;
