@@ -108,6 +108,26 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// A path parameter as text, with errors in the API's JSON form (a parameter that is not valid
+/// UTF-8 after decoding is a 400).
+#[derive(Debug)]
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(PathParam(value)),
+            Err(e) => Err(ApiError::bad_request(
+                "api.bad_path",
+                format!("the path is not valid: {}", e.body_text()),
+                "Path parameters are run ids and names in UTF-8, percent-encoded.",
+            )),
+        }
+    }
+}
+
 /// Query parameters, with errors in the API's JSON form.
 #[derive(Debug)]
 pub struct QueryParams<T>(pub T);

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use plinth_store::{LogLine, RunFilter, RunPatch};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
-use super::{AuditNote, JsonBody, QueryParams, accepted, noted};
+use super::{AuditNote, JsonBody, PathParam, QueryParams, accepted, noted};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::logs::Live;
@@ -73,7 +73,11 @@ async fn load(state: &AppState, raw: &str) -> Result<Run, ApiError> {
     })
 }
 
-pub async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(id): PathParam,
+) -> Result<Response, ApiError> {
     caller.require(&Action::Read, None)?;
     let run = load(&state, &id).await?;
     Ok(axum::Json(run).into_response())
@@ -110,7 +114,7 @@ fn follow_over(run: &Run) -> bool {
 pub async fn logs(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     QueryParams(query): QueryParams<LogsQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(&Action::Read, None)?;
@@ -166,9 +170,16 @@ async fn stream_logs(state: AppState, id: i64, mut after: u64, follow: bool, jso
         match &mut live {
             Some(receiver) => match receiver.recv().await {
                 Ok(Live::Line(line)) if line.seq > after => {
-                    after = line.seq;
-                    if tx.send(render(&line, jsonl)).await.is_err() {
+                    // Lines broadcast before we subscribed, and not stored yet when we read the
+                    // store, fill the gap once they are stored (within a flush interval).
+                    if line.seq > after + 1 && !fill_gap(&state, id, &mut after, line.seq, jsonl, &tx).await {
                         return;
+                    }
+                    if line.seq > after {
+                        after = line.seq;
+                        if tx.send(render(&line, jsonl)).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Ok(Live::Line(_)) => {}
@@ -200,6 +211,31 @@ async fn stream_logs(state: AppState, id: i64, mut after: u64, follow: bool, jso
                 }
                 live = state.logs.subscribe(id);
             }
+        }
+    }
+}
+
+/// Sends the stored lines before `upto`, waiting for the run's log to store them; false when
+/// the client has gone.
+async fn fill_gap(
+    state: &AppState,
+    id: i64,
+    after: &mut u64,
+    upto: u64,
+    jsonl: bool,
+    tx: &mpsc::Sender<Bytes>,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if !catch_up(state, id, after, jsonl, tx).await {
+            return false;
+        }
+        if *after + 1 >= upto || tokio::time::Instant::now() >= deadline {
+            return true;
+        }
+        tokio::select! {
+            _ = tx.closed() => return false,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }
 }
@@ -241,20 +277,27 @@ fn not_awaiting(run: &Run) -> ApiError {
     )
 }
 
+/// What approve and reject share: the caller may read, the run exists, the caller may approve
+/// in its environment, and it waits for approval.
+async fn awaiting_run(state: &AppState, caller: &Caller, id: &str, note: &mut AuditNote) -> Result<Run, ApiError> {
+    caller.require(&Action::Read, None)?;
+    let run = load(state, id).await?;
+    note.details = serde_json::json!({"stack": run.stack, "environment": run.environment});
+    require_approver(state, caller, &run).await?;
+    if run.status != RunStatus::AwaitingApproval {
+        return Err(not_awaiting(&run));
+    }
+    Ok(run)
+}
+
 pub async fn approve(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Response, ApiError> {
     let mut note = AuditNote::new("run.approve", format!("run/{id}"));
     let result = async {
-        caller.require(&Action::Read, None)?;
-        let run = load(&state, &id).await?;
-        note = note.clone().details(serde_json::json!({"stack": run.stack, "environment": run.environment}));
-        require_approver(&state, &caller, &run).await?;
-        if run.status != RunStatus::AwaitingApproval {
-            return Err(not_awaiting(&run));
-        }
+        let run = awaiting_run(&state, &caller, &id, &mut note).await?;
         if let Some(why) = staleness(&state, &run).await {
             let patch = RunPatch { reason: Some(why.clone()), ..Default::default() };
             state.store.transition(run.id, RunStatus::Stale, patch, state.now()).await?;
@@ -282,17 +325,11 @@ pub async fn approve(
 pub async fn reject(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Response, ApiError> {
     let mut note = AuditNote::new("run.reject", format!("run/{id}"));
     let result = async {
-        caller.require(&Action::Read, None)?;
-        let run = load(&state, &id).await?;
-        note = note.clone().details(serde_json::json!({"stack": run.stack, "environment": run.environment}));
-        require_approver(&state, &caller, &run).await?;
-        if run.status != RunStatus::AwaitingApproval {
-            return Err(not_awaiting(&run));
-        }
+        let run = awaiting_run(&state, &caller, &id, &mut note).await?;
         let patch = RunPatch { reason: Some(format!("rejected by {}", caller.name)), ..Default::default() };
         let updated = state
             .store
@@ -301,7 +338,7 @@ pub async fn reject(
             .ok_or_else(|| not_awaiting(&run))?;
         remove_workspace(&state, run.id).await;
         state.wake_scheduler.notify_one();
-        Ok(axum::Json(updated).into_response())
+        Ok::<_, ApiError>(axum::Json(updated).into_response())
     }
     .await;
     Ok(noted(note, result.unwrap_or_else(IntoResponse::into_response)))
@@ -310,7 +347,7 @@ pub async fn reject(
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
 ) -> Result<Response, ApiError> {
     let mut note = AuditNote::new("run.cancel", format!("run/{id}"));
     let result = async {
@@ -330,24 +367,19 @@ pub async fn cancel(
                 state.wake_scheduler.notify_one();
                 Ok(axum::Json(updated).into_response())
             }
-            RunStatus::Planning | RunStatus::Applying => match state.running_token(run.id) {
-                Some(token) => {
-                    token.cancel();
-                    Ok(accepted(serde_json::json!({"id": run.id, "status": run.status, "cancelling": true})))
+            status if status.is_active() || (status == RunStatus::Planned && run.mode == RunMode::Apply) => {
+                match state.running_token(run.id) {
+                    Some(token) => {
+                        token.cancel();
+                        Ok(accepted(serde_json::json!({"id": run.id, "status": run.status, "cancelling": true})))
+                    }
+                    None => Err(ApiError::conflict(
+                        "run.not_running",
+                        format!("run #{} is {} but no terraform is running for it", run.id, run.status),
+                        "Wait a moment and look again with `plinth runs show`.",
+                    )),
                 }
-                None => Err(ApiError::conflict(
-                    "run.not_running",
-                    format!("run #{} is {} but no terraform is running for it", run.id, run.status),
-                    "Wait a moment and look again with `plinth runs show`.",
-                )),
-            },
-            RunStatus::Planned if run.mode == RunMode::Apply => match state.running_token(run.id) {
-                Some(token) => {
-                    token.cancel();
-                    Ok(accepted(serde_json::json!({"id": run.id, "status": run.status, "cancelling": true})))
-                }
-                None => Err(finished(&run)),
-            },
+            }
             _ => Err(finished(&run)),
         }
     }

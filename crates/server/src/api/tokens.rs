@@ -1,13 +1,13 @@
 //! API tokens: create (the secret is shown once), list and revoke. Admins only.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use plinth_core::auth::{Action, check_role, check_token_name};
 use plinth_store::NewToken;
 use serde::Deserialize;
 
-use super::{AuditNote, JsonBody, noted};
+use super::{AuditNote, JsonBody, PathParam, noted};
 use crate::auth::{Caller, hash_secret, new_secret};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -68,7 +68,7 @@ pub async fn create(
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    PathParam(name): PathParam,
 ) -> Result<Response, ApiError> {
     let note = AuditNote::new("token.revoke", format!("token/{name}"));
     let result = async {

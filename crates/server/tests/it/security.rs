@@ -135,6 +135,8 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
         ("POST", "/api/v1/stacks/unlock", Some(json!({"stack": "app/stg"})), 409, "stack.not_locked"),
         ("POST", "/api/v1/stacks/unlock", Some(json!({"stack": "../app"})), 400, "stack.bad_name"),
         ("GET", "/api/v1/nothing-here", None, 404, "api.not_found"),
+        ("GET", "/api/v1/runs/%FF", None, 400, "api.bad_path"),
+        ("PUT", "/api/v1/runs", None, 405, "api.method_not_allowed"),
     ];
     for (method, path, body, status, code) in cases {
         let answer = server.call(method, path, Some(&admin), body).await;
