@@ -15,3 +15,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 git --version
+
+# The tests drive the real terraform CLI (built-in providers only, so no network is needed).
+# Debian does not package it; it must be on PATH already.
+if ! command -v terraform >/dev/null 2>&1; then
+  echo "terraform is not on PATH. Install Terraform 1.x (https://developer.hashicorp.com/terraform/install) and run this again." >&2
+  exit 1
+fi
+terraform version | head -n 1

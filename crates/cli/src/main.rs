@@ -1,8 +1,12 @@
 //! The `plinth` binary: parses the command line and hands each subcommand to its module.
 
+// Command output goes through `outln!`, which ends quietly on a closed pipe.
+#![deny(clippy::print_stdout)]
+
+#[macro_use]
+mod output;
 mod client;
 mod commands;
-mod output;
 
 use std::process::ExitCode;
 
@@ -64,6 +68,8 @@ fn init_logging(level: &str, format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // One TLS stack, one crypto provider: rustls with ring, for every HTTP client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_format);
     let result = match cli.command {

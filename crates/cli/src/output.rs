@@ -1,6 +1,38 @@
 //! How commands speak: text for people, JSON for scripts, and errors with a code and advice.
 
 use std::fmt::Display;
+use std::io::Write;
+
+/// `println!` for command output: a closed pipe (`plinth audit | head`) ends the process
+/// quietly instead of panicking, and any other write error is reported once.
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for command output, with the same handling of a closed pipe as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// Writes command output to stdout. When the reader has gone away the command has nothing
+/// left to do, so the process exits with 0 (as ripgrep does); other errors exit with 1.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error[cli.stdout]: could not write the output: {e}\n  help: check the file or pipe stdout goes to");
+        std::process::exit(1);
+    }
+}
 
 use plinth_core::{Diagnostics, ErrorCode};
 
@@ -62,7 +94,7 @@ impl Failure {
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json(value: &impl serde::Serialize) {
     match serde_json::to_string_pretty(value) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => outln!("{text}"),
         Err(e) => eprintln!("error: could not encode the output as JSON: {e}"),
     }
 }

@@ -114,12 +114,12 @@ fn base_hex(report: &ChangedReport) -> String {
 
 fn print_text(report: &ChangedReport, branch: Option<&str>) {
     let base = report.comparison.base.as_ref().map_or_else(|| "empty tree".to_owned(), short);
-    println!("Comparing {base}..{} ({}).", short(&report.comparison.head), report.comparison.how);
+    outln!("Comparing {base}..{} ({}).", short(&report.comparison.head), report.comparison.how);
     if report.stacks.is_empty() {
-        println!("No stack changed. Nothing to plan or apply, which counts as success.");
+        outln!("No stack changed. Nothing to plan or apply, which counts as success.");
     } else {
         let waves = report.stacks.last().map_or(0, |s| s.wave);
-        println!(
+        outln!(
             "{} stack{} changed, in {waves} wave{}:\n",
             report.stacks.len(),
             if report.stacks.len() == 1 { "" } else { "s" },
@@ -146,7 +146,7 @@ fn print_text(report: &ChangedReport, branch: Option<&str>) {
                 ]
             })
             .collect();
-        print!("{}", table(&["WAVE", "STACK", "PATH", "ENV", "WHY"], &rows));
+        out!("{}", table(&["WAVE", "STACK", "PATH", "ENV", "WHY"], &rows));
     }
     for note in &report.notes {
         eprintln!("note: {note}");
@@ -199,6 +199,6 @@ fn run_mapping(repo: &Repo, args: &Args, file: &std::path::Path) -> Outcome {
     if result.parameters.is_empty() {
         eprintln!("No change detected in the paths defined in the mapping parameter");
     }
-    println!("{}", result.to_orb_json());
+    outln!("{}", result.to_orb_json());
     Ok(ExitCode::SUCCESS)
 }

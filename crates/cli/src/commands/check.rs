@@ -116,7 +116,7 @@ fn dash(s: &str) -> String {
 
 fn print_text(loaded: &Loaded, stacks: &[CheckedStack], source: &str, warnings: &plinth_core::Diagnostics) {
     let envs = &loaded.config.environments;
-    println!(
+    outln!(
         "{CONFIG_FILE} is valid ({source}): {} stack{}, {} environment{}, releases from `{}`.",
         stacks.len(),
         if stacks.len() == 1 { "" } else { "s" },
@@ -125,7 +125,7 @@ fn print_text(loaded: &Loaded, stacks: &[CheckedStack], source: &str, warnings: 
         loaded.config.main_branch
     );
     if !envs.is_empty() {
-        println!();
+        outln!();
         let rows: Vec<Vec<String>> = envs
             .values()
             .map(|e| {
@@ -143,10 +143,10 @@ fn print_text(loaded: &Loaded, stacks: &[CheckedStack], source: &str, warnings: 
                 ]
             })
             .collect();
-        print!("{}", table(&["ENVIRONMENT", "BRANCHES", "APPROVAL"], &rows));
+        out!("{}", table(&["ENVIRONMENT", "BRANCHES", "APPROVAL"], &rows));
     }
     if !stacks.is_empty() {
-        println!();
+        outln!();
         let rows: Vec<Vec<String>> = stacks
             .iter()
             .map(|s| {
@@ -165,7 +165,7 @@ fn print_text(loaded: &Loaded, stacks: &[CheckedStack], source: &str, warnings: 
                 ]
             })
             .collect();
-        print!("{}", table(&["STACK", "PATH", "ENV", "WORKSPACE", "DEPENDS ON", "MODULES"], &rows));
+        out!("{}", table(&["STACK", "PATH", "ENV", "WORKSPACE", "DEPENDS ON", "MODULES"], &rows));
     }
     for s in stacks {
         for problem in &s.module_problems {

@@ -64,14 +64,14 @@ pub fn run(args: Args) -> Outcome {
         )
     })?;
     if roots.is_empty() {
-        println!("Wrote {} with no stacks: no directory with .tf files was found.", target.display());
-        println!("Declare stacks as the comments in the file show, then run `plinth check`.");
+        outln!("Wrote {} with no stacks: no directory with .tf files was found.", target.display());
+        outln!("Declare stacks as the comments in the file show, then run `plinth check`.");
     } else {
-        println!("Wrote {} with {} stack{}:", target.display(), roots.len(), if roots.len() == 1 { "" } else { "s" });
+        outln!("Wrote {} with {} stack{}:", target.display(), roots.len(), if roots.len() == 1 { "" } else { "s" });
         for root in &roots {
-            println!("  {}", if root.is_empty() { "." } else { root });
+            outln!("  {}", if root.is_empty() { "." } else { root });
         }
-        println!("Next: review it, then run `plinth check` and commit it.");
+        outln!("Next: review it, then run `plinth check` and commit it.");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,38 +1,45 @@
 //! `plinth quickstart`: builds an example infrastructure repo (seed 000's layout: stg and prd
-//! stacks sharing a module) and walks through what `plinth changed` makes of a few commits.
+//! stacks sharing a module, built-in providers only), starts a server on it, and walks through
+//! what happens to a few commits: stg plans and applies, a commit with nothing to change counts
+//! as a success, prd waits for approval and applies once approved. Then it keeps serving.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use plinth_core::run::{Run, RunStatus};
 
 use super::Outcome;
 use crate::output::{Failure, Format};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Where to create the example repo. Defaults to a new directory under the system's temp
-    /// dir, which is kept so that you can explore it afterwards.
+    /// Where to create the example repo and the server's data. Defaults to a new directory
+    /// under the system's temp dir, which is kept so that you can explore it afterwards.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// The address the server listens on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Stop the server after the walkthrough instead of serving until Ctrl-C.
+    #[arg(long)]
+    no_serve: bool,
 }
 
 const CONFIG: &str = r#"# The example's release config: which stacks exist and how they release.
 main_branch = "main"
 
 [environments.stg]
-branches = ["main"]
+branches = ["main"]          # commits on main apply to stg
 
 [environments.prd]
 branches = ["main"]
-approval = true
+approval = true              # applies to prd wait for an approver
 approvers = ["sre"]
-
-[stacks.common]
-path = "terraform/common"
 
 [stacks.app]
 path = "terraform/{env}"      # one stack per environment directory
 environment = "{env}"
-depends_on = ["common"]
 watch = ["shared/*.json"]
 "#;
 
@@ -50,20 +57,22 @@ output "name" {
 "#;
 
 fn env_stack(env: &str) -> String {
-    format!("module \"app\" {{\n  source = \"../../modules/app\"\n  env    = \"{env}\"\n}}\n")
+    format!(
+        "module \"app\" {{\n  source = \"../../modules/app\"\n  env    = \"{env}\"\n}}\n\noutput \"name\" {{\n  value = module.app.name\n}}\n"
+    )
 }
 
 fn fail(message: String) -> Failure {
     Failure::new(
         "quickstart.failed",
         message,
-        "Check that `git` is installed and the directory is writable, then try again.",
+        "Check that `git` and `terraform` are installed and the directory is writable, then try again.",
         Format::Text,
     )
 }
 
 /// Runs git in the example repo with a fixed identity.
-fn git(dir: &Path, args: &[&str]) -> Result<(), Failure> {
+fn git(dir: &Path, args: &[&str]) -> Result<String, Failure> {
     let output = Command::new("git")
         .current_dir(dir)
         .args(["-c", "user.name=plinth quickstart", "-c", "user.email=quickstart@plinth.invalid"])
@@ -73,7 +82,7 @@ fn git(dir: &Path, args: &[&str]) -> Result<(), Failure> {
     if !output.status.success() {
         return Err(fail(format!("git {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim())));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 fn write(dir: &Path, path: &str, contents: &str) -> Result<(), Failure> {
@@ -84,42 +93,25 @@ fn write(dir: &Path, path: &str, contents: &str) -> Result<(), Failure> {
     std::fs::write(&full, contents).map_err(|e| fail(format!("could not write {}: {e}", full.display())))
 }
 
-fn commit(dir: &Path, message: &str) -> Result<(), Failure> {
+fn commit(dir: &Path, message: &str) -> Result<String, Failure> {
     git(dir, &["add", "-A"])?;
-    git(dir, &["commit", "-q", "-m", message])
-}
-
-/// Prints a step's title and the command, then runs `plinth changed` in-process.
-fn show(dir: &Path, step: &str, base: &str, head: &str) -> Result<(), Failure> {
-    println!("\n== {step}");
-    println!("$ plinth changed --base {base} --head {head}");
-    let args = super::changed::Args {
-        base: base.into(),
-        head: head.into(),
-        repo: dir.to_path_buf(),
-        output: Format::Text,
-        with_dependents: false,
-        mapping: None,
-        branch: None,
-        cache_dir: None,
-        no_cache: false,
-    };
-    super::changed::run(args).map(|_| ())
+    git(dir, &["commit", "-q", "-m", message])?;
+    outln!("$ git commit -m \"{message}\"");
+    git(dir, &["rev-parse", "HEAD"])
 }
 
 pub fn run(args: Args) -> Outcome {
-    let dir = match args.dir {
+    let root = match &args.dir {
         Some(dir) => {
-            if dir.join(".git").exists() {
+            if dir.join("repo").exists() || dir.join("data").exists() {
                 return Err(Failure::new(
                     "quickstart.exists",
-                    format!("{} already holds a git repository", dir.display()),
+                    format!("{} already holds a quickstart", dir.display()),
                     "Pass `--dir` with a new or empty directory.",
                     Format::Text,
                 ));
             }
-            std::fs::create_dir_all(&dir).map_err(|e| fail(format!("could not create {}: {e}", dir.display())))?;
-            dir
+            dir.clone()
         }
         None => tempfile::Builder::new()
             .prefix("plinth-quickstart-")
@@ -127,43 +119,218 @@ pub fn run(args: Args) -> Outcome {
             .map_err(|e| fail(format!("could not create a temp dir: {e}")))?
             .keep(),
     };
-    println!("Creating an example infrastructure repo in {}", dir.display());
-    println!("Layout: terraform/common, terraform/stg and terraform/prd, with stg and prd sharing modules/app.");
-    git(&dir, &["init", "-q", "-b", "main"])?;
-    write(&dir, "plinth.toml", CONFIG)?;
-    write(&dir, "terraform/common/main.tf", "resource \"terraform_data\" \"network\" {\n  input = \"shared\"\n}\n")?;
-    write(&dir, "terraform/stg/main.tf", &env_stack("stg"))?;
-    write(&dir, "terraform/prd/main.tf", &env_stack("prd"))?;
-    write(&dir, "modules/app/main.tf", APP_MODULE)?;
-    write(&dir, "shared/tags.json", "{\"team\": \"sre\"}\n")?;
-    write(&dir, "README.md", "# example infrastructure\n")?;
-    commit(&dir, "Initial layout")?;
-    show(&dir, "1. The first commit: every stack is new, and common goes first", "main", "HEAD")?;
+    let repo = root.join("repo");
+    let data = root.join("data");
+    std::fs::create_dir_all(&repo).map_err(|e| fail(format!("could not create {}: {e}", repo.display())))?;
+    outln!("Creating an example infrastructure repo in {}", repo.display());
+    git(&repo, &["init", "-q", "-b", "main"])?;
+    write(&repo, "README.md", "# example infrastructure\n")?;
+    git(&repo, &["add", "-A"])?;
+    git(&repo, &["commit", "-q", "-m", "Start"])?;
 
-    write(&dir, "terraform/stg/main.tf", &format!("{}\n# stg gets a tweak\n", env_stack("stg")))?;
-    commit(&dir, "Tweak stg")?;
-    show(&dir, "2. A change in terraform/stg triggers only stg", "main", "HEAD")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("could not start the runtime: {e}")))?;
+    runtime.block_on(walkthrough(args, repo, data))
+}
 
-    write(&dir, "modules/app/main.tf", &format!("{APP_MODULE}\n# a module change\n"))?;
-    commit(&dir, "Change the shared module")?;
-    show(&dir, "3. A change in the shared module triggers both environments", "main", "HEAD")?;
+async fn walkthrough(args: Args, repo: PathBuf, data: PathBuf) -> Outcome {
+    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| {
+        Failure::new(
+            "quickstart.listen",
+            format!("could not listen on {}: {e}", args.listen),
+            "Another program uses the port: pass --listen 127.0.0.1:0 to pick a free one.",
+            Format::Text,
+        )
+    })?;
+    let addr = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+    let url = format!("http://{addr}");
+    let mut config = plinth_server::ServerConfig::new(repo.display().to_string(), data.clone());
+    config.poll_interval = Duration::from_millis(500);
+    let prepared = plinth_server::prepare(config).await.map_err(|e| Failure::coded(&e, Format::Text))?;
+    let token = prepared.admin_token.clone().unwrap_or_default();
+    outln!("Started the plinth server on {url} (data in {})", data.display());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let no_serve = args.no_serve;
+    let server = tokio::spawn(async move {
+        let shutdown = async move {
+            if no_serve {
+                let _ = stopped.await;
+            } else {
+                tokio::select! {
+                    _ = stopped => {}
+                    _ = super::server::shutdown_signal() => {}
+                }
+            }
+        };
+        plinth_server::serve(prepared, listener, shutdown).await
+    });
+    let api = Api { url: url.clone(), token: token.clone(), http: reqwest::Client::new() };
 
-    write(&dir, "README.md", "# example infrastructure\n\nMore words.\n")?;
-    commit(&dir, "Docs only")?;
-    show(&dir, "4. A README-only commit changes nothing, and that is a success (exit 0)", "main", "HEAD")?;
+    outln!("\n== 1. Commit the layout: terraform/stg and terraform/prd, sharing modules/app");
+    write(&repo, "plinth.toml", CONFIG)?;
+    write(&repo, "terraform/stg/main.tf", &env_stack("stg"))?;
+    write(&repo, "terraform/prd/main.tf", &env_stack("prd"))?;
+    write(&repo, "modules/app/main.tf", APP_MODULE)?;
+    write(&repo, "shared/tags.json", "{\"team\": \"sre\"}\n")?;
+    let layout = commit(&repo, "Add stg and prd")?;
+    outln!("$ plinth changed --base main   (what the server works out for this commit)");
+    let changed = super::changed::Args {
+        base: "main".into(),
+        head: "HEAD".into(),
+        repo: repo.clone(),
+        output: Format::Text,
+        with_dependents: false,
+        mapping: None,
+        branch: None,
+        cache_dir: None,
+        no_cache: false,
+    };
+    tokio::task::block_in_place(|| super::changed::run(changed))?;
+    outln!("The server plans both and applies stg:");
+    let runs = api.settle(&layout, 2).await?;
+    show_runs(&runs);
+    let stg = find(&runs, "app/stg")?;
+    let prd = find(&runs, "app/prd")?;
+    outln!("stg applied on its own; prd waits for someone with the `sre` role (or an admin).");
+    outln!("\n$ plinth runs logs {}   (the end of it)", stg.id);
+    for line in api.log_tail(stg.id, 6).await? {
+        outln!("  {line}");
+    }
 
-    git(&dir, &["checkout", "-q", "-b", "feature/login"])?;
-    write(&dir, "shared/tags.json", "{\"team\": \"sre\", \"cost\": \"app\"}\n")?;
-    commit(&dir, "Tag everything")?;
-    git(&dir, &["checkout", "-q", "main"])?;
-    write(&dir, "terraform/common/main.tf", "resource \"terraform_data\" \"network\" {\n  input = \"shared v2\"\n}\n")?;
-    commit(&dir, "Meanwhile on main")?;
-    show(&dir, "5. A feature branch is compared with its merge base, not with main's tip", "main", "feature/login")?;
+    outln!("\n== 2. A commit that touches stg but changes no resource: no changes, a success");
+    write(&repo, "terraform/stg/notes.tf", "# Notes about stg. Terraform ignores comments.\n")?;
+    let notes = commit(&repo, "Document stg")?;
+    show_runs(&api.settle(&notes, 1).await?);
 
-    println!("\nThe example repo is at {}. Try:", dir.display());
-    println!("  cd {}", dir.display());
-    println!("  plinth check");
-    println!("  plinth changed --base HEAD~3 --output json");
-    println!("  plinth changed --base main --head feature/login --with-dependents");
-    Ok(ExitCode::SUCCESS)
+    outln!("\n== 3. Approve prd, as an admin");
+    outln!("$ plinth runs approve {}", prd.id);
+    api.approve(prd.id).await?;
+    let approved = api.wait(prd.id).await?;
+    show_runs(&[approved]);
+
+    if args.no_serve {
+        outln!("\nThe server stops now (--no-serve). Start it again with:");
+        outln!("  plinth server --repo {} --data-dir {} --listen {addr}", repo.display(), data.display());
+        outln!("Then try:");
+    } else {
+        outln!("\nplinth is serving at {url}. Try:");
+    }
+    outln!("  export PLINTH_SERVER={url} PLINTH_TOKEN={token}");
+    outln!("  plinth runs list");
+    outln!("  plinth runs logs {}", prd.id);
+    outln!("  plinth stacks list");
+    outln!("  cd {} && $EDITOR modules/app/main.tf && git commit -am 'Change the app'", repo.display());
+    outln!("  plinth runs list   # stg applies; prd waits for `plinth runs approve ID`");
+    outln!("The admin token is also in {}.", data.join("admin.token").display());
+    if args.no_serve {
+        let _ = stop.send(());
+    } else {
+        outln!("Press Ctrl-C to stop the server.");
+    }
+    match server.await {
+        Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+        Ok(Err(e)) => Err(Failure::coded(&e, Format::Text)),
+        Err(e) => Err(fail(format!("the server task failed: {e}"))),
+    }
+}
+
+fn find<'a>(runs: &'a [Run], stack: &str) -> Result<&'a Run, Failure> {
+    runs.iter().find(|r| r.stack == stack).ok_or_else(|| fail(format!("no run for {stack}")))
+}
+
+fn show_runs(runs: &[Run]) {
+    for run in runs {
+        let plan = run.plan.as_ref().map(|p| format!(" ({p})")).unwrap_or_default();
+        outln!("  run #{} {:<8} {}{plan}", run.id, run.stack, run.status);
+    }
+}
+
+/// The few API calls the walkthrough makes.
+struct Api {
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn get(&self, path: &str) -> Result<serde_json::Value, Failure> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| fail(format!("could not reach the server: {e}")))?;
+        response.json().await.map_err(|e| fail(format!("unreadable answer: {e}")))
+    }
+
+    async fn runs(&self) -> Result<Vec<Run>, Failure> {
+        let body = self.get("/api/v1/runs?limit=100").await?;
+        serde_json::from_value(body["runs"].clone()).map_err(|e| fail(format!("unreadable runs: {e}")))
+    }
+
+    /// Waits for the runs of a commit to end or wait for approval.
+    async fn settle(&self, commit: &str, count: usize) -> Result<Vec<Run>, Failure> {
+        let start = Instant::now();
+        loop {
+            let mut runs: Vec<Run> = self.runs().await?.into_iter().filter(|r| r.commit == commit).collect();
+            let done = runs.len() == count
+                && runs.iter().all(|r| r.status.is_final(r.mode) || r.status == RunStatus::AwaitingApproval);
+            if done {
+                runs.sort_by(|a, b| b.stack.cmp(&a.stack));
+                return Ok(runs);
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                return Err(fail(format!("the runs for {commit} did not finish in 2 minutes; see `plinth runs list`")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn wait(&self, id: i64) -> Result<Run, Failure> {
+        let start = Instant::now();
+        loop {
+            let run: Run = serde_json::from_value(self.get(&format!("/api/v1/runs/{id}")).await?)
+                .map_err(|e| fail(format!("unreadable run: {e}")))?;
+            if run.status.is_final(run.mode) {
+                return Ok(run);
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                return Err(fail(format!("run #{id} did not finish in 2 minutes")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn approve(&self, id: i64) -> Result<(), Failure> {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/runs/{id}/approve", self.url))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .map_err(|e| fail(format!("could not reach the server: {e}")))?;
+        if !response.status().is_success() {
+            return Err(fail(format!("approving run #{id} failed: {}", response.text().await.unwrap_or_default())));
+        }
+        Ok(())
+    }
+
+    async fn log_tail(&self, id: i64, lines: usize) -> Result<Vec<String>, Failure> {
+        let text = self
+            .http
+            .get(format!("{}/api/v1/runs/{id}/logs", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| fail(format!("could not reach the server: {e}")))?
+            .text()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let all: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect();
+        Ok(all[all.len().saturating_sub(lines)..].to_vec())
+    }
 }

@@ -123,11 +123,7 @@ pub fn run(args: RunsArgs) -> Outcome {
             if output == Format::Json {
                 query.push(("format", "jsonl".to_owned()));
             }
-            let mut stdout = std::io::stdout().lock();
-            client.stream_lines(&format!("/api/v1/runs/{id}/logs"), &query, |line| {
-                let _ = writeln!(stdout, "{line}");
-                let _ = stdout.flush();
-            })?;
+            client.stream_lines(&format!("/api/v1/runs/{id}/logs"), &query, |line| outln!("{line}"))?;
             Ok(ExitCode::SUCCESS)
         }
         RunsCommand::Approve { id, output } => act(&args.connection, id, "approve", output),
@@ -147,13 +143,13 @@ fn act(connection: &Connection, id: i64, verb: &str, output: Format) -> Outcome 
         Format::Json => print_json(&body),
         Format::Text => match verb {
             "approve" => {
-                println!("Approved run #{id}; its plan is being applied. Follow it with `plinth runs logs {id} -f`.")
+                outln!("Approved run #{id}; its plan is being applied. Follow it with `plinth runs logs {id} -f`.")
             }
-            "reject" => println!("Rejected run #{id}."),
+            "reject" => outln!("Rejected run #{id}."),
             _ if body["cancelling"].as_bool() == Some(true) => {
-                println!("Interrupting run #{id}; terraform stops cleanly.")
+                outln!("Interrupting run #{id}; terraform stops cleanly.")
             }
-            _ => println!("Cancelled run #{id}."),
+            _ => outln!("Cancelled run #{id}."),
         },
     }
     Ok(ExitCode::SUCCESS)
@@ -173,8 +169,8 @@ fn unlock(
     )?;
     match output {
         Format::Json => print_json(&body),
-        Format::Text if state_lock.is_some() => println!("Released Terraform's state lock of `{stack}`."),
-        Format::Text => println!("Unlocked `{stack}`. Its next change plans again."),
+        Format::Text if state_lock.is_some() => outln!("Released Terraform's state lock of `{stack}`."),
+        Format::Text => outln!("Unlocked `{stack}`. Its next change plans again."),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -224,7 +220,7 @@ fn wait(connection: &Connection, id: i64, timeout: Duration, output: Format) -> 
                 Format::Json => print_json(&run),
                 Format::Text => {
                     let extra = run.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
-                    println!("Run #{id} ({}) ended {}{extra}", run.stack, run.status);
+                    outln!("Run #{id} ({}) ended {}{extra}", run.stack, run.status);
                 }
             }
             return Ok(ExitCode::from(exit_code(run.status, run.mode)));
@@ -250,7 +246,7 @@ fn plan_cell(run: &Run) -> String {
 
 pub fn print_runs(runs: &[Run]) {
     if runs.is_empty() {
-        println!("No runs.");
+        outln!("No runs.");
         return;
     }
     let rows: Vec<Vec<String>> = runs
@@ -269,7 +265,7 @@ pub fn print_runs(runs: &[Run]) {
             ]
         })
         .collect();
-    print!("{}", table(&["RUN", "STACK", "ENV", "BRANCH", "COMMIT", "MODE", "STATUS", "PLAN", "CREATED"], &rows));
+    out!("{}", table(&["RUN", "STACK", "ENV", "BRANCH", "COMMIT", "MODE", "STATUS", "PLAN", "CREATED"], &rows));
 }
 
 fn show(value: &serde_json::Value, output: Format) {
@@ -281,7 +277,7 @@ fn show(value: &serde_json::Value, output: Format) {
         print_json(value);
         return;
     };
-    let field = |name: &str, value: String| println!("{name:<12} {value}");
+    let field = |name: &str, value: String| outln!("{name:<12} {value}");
     field("run", format!("#{}", run.id));
     field("stack", format!("{} ({})", run.stack, run.path));
     field("environment", run.environment.clone().unwrap_or_else(|| "-".into()));
@@ -300,7 +296,7 @@ fn show(value: &serde_json::Value, output: Format) {
     if let Some(plan) = &run.plan {
         field("plan", plan.to_string());
         for resource in &plan.resources {
-            println!("  {:<10} {}", resource.actions.join(","), resource.address);
+            outln!("  {:<10} {}", resource.actions.join(","), resource.address);
         }
     }
     if !run.depends_on.is_empty() {
@@ -332,11 +328,11 @@ pub fn plan(args: PlanArgs) -> Outcome {
             let runs: Vec<Run> = serde_json::from_value(body["runs"].clone()).unwrap_or_default();
             if runs.is_empty() {
                 let note = body["event"]["note"].as_str().unwrap_or("no stack changed");
-                println!("Nothing to plan at {}: {note}.", args.rev);
+                outln!("Nothing to plan at {}: {note}.", args.rev);
             } else {
-                println!("Planning {} stack{} at {}:", runs.len(), if runs.len() == 1 { "" } else { "s" }, args.rev);
+                outln!("Planning {} stack{} at {}:", runs.len(), if runs.len() == 1 { "" } else { "s" }, args.rev);
                 print_runs(&runs);
-                println!("Follow one with `plinth runs logs ID -f`.");
+                outln!("Follow one with `plinth runs logs ID -f`.");
             }
         }
     }
@@ -404,12 +400,12 @@ pub fn stacks(args: StacksArgs) -> Outcome {
                     ]
                 })
                 .collect();
-            println!(
+            outln!(
                 "Stacks at {} ({}):",
                 body["main_branch"].as_str().unwrap_or("main"),
                 short(body["commit"].as_str().unwrap_or(""))
             );
-            print!("{}", table(&["STACK", "PATH", "ENV", "LOCK", "LATEST RUN"], &rows));
+            out!("{}", table(&["STACK", "PATH", "ENV", "LOCK", "LATEST RUN"], &rows));
             Ok(ExitCode::SUCCESS)
         }
         StacksCommand::Unlock { stack, state_lock, workspace, output } => {
@@ -463,7 +459,7 @@ pub fn audit(args: AuditArgs) -> Outcome {
                 .collect()
         })
         .collect();
-    print!("{}", table(&["ID", "AT", "ACTOR", "ACTION", "OBJECT", "RESULT"], &rows));
+    out!("{}", table(&["ID", "AT", "ACTOR", "ACTION", "OBJECT", "RESULT"], &rows));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -510,8 +506,8 @@ pub fn tokens(args: TokensArgs) -> Outcome {
             match output {
                 Format::Json => print_json(&body),
                 Format::Text => {
-                    println!("Created token `{name}` with roles {}. Its secret, shown only now:", roles.join(", "));
-                    println!("{}", body["secret"].as_str().unwrap_or(""));
+                    outln!("Created token `{name}` with roles {}. Its secret, shown only now:", roles.join(", "));
+                    outln!("{}", body["secret"].as_str().unwrap_or(""));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -545,7 +541,7 @@ pub fn tokens(args: TokensArgs) -> Outcome {
                     ]
                 })
                 .collect();
-            print!("{}", table(&["NAME", "ROLES", "CREATED BY", "CREATED", "STATE"], &rows));
+            out!("{}", table(&["NAME", "ROLES", "CREATED BY", "CREATED", "STATE"], &rows));
             Ok(ExitCode::SUCCESS)
         }
         TokensCommand::Revoke { name, output } => {
@@ -553,7 +549,7 @@ pub fn tokens(args: TokensArgs) -> Outcome {
             let body: serde_json::Value = client.delete(&format!("/api/v1/tokens/{}", segment(&name)))?;
             match output {
                 Format::Json => print_json(&body),
-                Format::Text => println!("Revoked token `{name}`."),
+                Format::Text => outln!("Revoked token `{name}`."),
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -81,14 +81,14 @@ pub fn run(args: Args) -> Outcome {
         })?;
         let prepared = plinth_server::prepare(config).await.map_err(|e| Failure::coded(&e, Format::Text))?;
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        println!("plinth is serving http://{addr} for {}", args.repo);
+        outln!("plinth is serving http://{addr} for {}", args.repo);
         if let Some(secret) = &prepared.admin_token {
-            println!(
+            outln!(
                 "This is the first start. The admin token (shown once, also in {}):",
                 args.data_dir.join("admin.token").display()
             );
-            println!("  {secret}");
-            println!(
+            outln!("  {secret}");
+            outln!(
                 "Use it with: export PLINTH_SERVER=http://{addr} PLINTH_TOKEN=$(cat {})",
                 args.data_dir.join("admin.token").display()
             );

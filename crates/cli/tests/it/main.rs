@@ -4,11 +4,15 @@
 
 mod changed;
 mod check;
+mod client_errors;
+mod crash;
 mod history;
 mod init;
 mod mapping;
 mod quickstart;
 mod seeds;
+mod server;
+mod server_runs;
 
 use std::path::Path;
 use std::process::{Command, Output};

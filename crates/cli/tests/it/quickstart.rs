@@ -1,30 +1,35 @@
-//! The README's main command: `plinth quickstart` on a fresh directory.
+//! The README's main command: `plinth quickstart`, which starts a server on an example repo and
+//! walks through what it does with a few commits.
 
 use crate::plinth;
 
 #[test]
-fn quickstart_walks_through_change_detection() {
+fn quickstart_plans_applies_and_approves() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("example");
-    let run = plinth(dir.path(), &["quickstart", "--dir", target.to_str().unwrap()]).success();
+    let run =
+        plinth(dir.path(), &["quickstart", "--dir", target.to_str().unwrap(), "--listen", "127.0.0.1:0", "--no-serve"])
+            .success();
     let out = &run.stdout;
-    // Each step shows the stacks a user should expect, in order.
     let steps: Vec<&str> = out.split("\n== ").skip(1).collect();
-    assert_eq!(steps.len(), 5, "{out}");
-    assert!(steps[0].contains("3 stacks changed, in 2 waves"), "{}", steps[0]);
-    assert!(steps[1].contains("1 stack changed") && steps[1].contains("app/stg"), "{}", steps[1]);
-    assert!(!steps[1].contains("app/prd"), "{}", steps[1]);
-    assert!(
-        steps[2].contains("app/prd") && steps[2].contains("app/stg") && steps[2].contains("module"),
-        "{}",
-        steps[2]
-    );
-    assert!(steps[3].contains("No stack changed"), "{}", steps[3]);
-    assert!(steps[4].contains("merge base") && steps[4].contains("shared/tags.json"), "{}", steps[4]);
-    assert!(!steps[4].contains("common "), "main's own change must not show on the branch: {}", steps[4]);
+    assert_eq!(steps.len(), 3, "{out}");
+    // 1. The layout: change detection shows both stacks; stg applies, prd waits.
+    assert!(steps[0].contains("2 stacks changed"), "{}", steps[0]);
+    assert!(steps[0].lines().any(|l| l.contains("app/stg") && l.contains("applied")), "{}", steps[0]);
+    assert!(steps[0].lines().any(|l| l.contains("app/prd") && l.contains("awaiting_approval")), "{}", steps[0]);
+    assert!(steps[0].contains("Apply complete!"), "{}", steps[0]);
+    // 2. Nothing to change is a success.
+    assert!(steps[1].lines().any(|l| l.contains("app/stg") && l.contains("no_changes")), "{}", steps[1]);
+    // 3. The approval applies prd.
+    assert!(steps[2].lines().any(|l| l.contains("app/prd") && l.contains("applied")), "{}", steps[2]);
+    // What to try next, with the URL and the token.
+    assert!(out.contains("PLINTH_TOKEN=plinth_"), "{out}");
+    assert!(out.contains("plinth server --repo"), "{out}");
     // The example repo is left for the user, and checks.
-    plinth(&target, &["check"]).success();
+    plinth(&target.join("repo"), &["check"]).success();
+    let token = std::fs::read_to_string(target.join("data/admin.token")).unwrap();
+    assert!(out.contains(token.trim()));
     // A second run refuses to clobber it.
-    let again = plinth(dir.path(), &["quickstart", "--dir", target.to_str().unwrap()]).failure();
+    let again = plinth(dir.path(), &["quickstart", "--dir", target.to_str().unwrap(), "--no-serve"]).failure();
     assert!(again.stderr.contains("quickstart.exists"), "{}", again.stderr);
 }

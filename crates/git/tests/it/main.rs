@@ -367,7 +367,10 @@ async fn the_mirror_follows_branches_and_new_commits() {
         [second.clone(), third.clone(), merge.clone()]
     );
     // A new branch's commits stop at what other branches already have.
-    assert_eq!(mirror.new_commits(&feature, std::slice::from_ref(&third)).await.unwrap(), std::slice::from_ref(&feature));
+    assert_eq!(
+        mirror.new_commits(&feature, std::slice::from_ref(&third)).await.unwrap(),
+        std::slice::from_ref(&feature)
+    );
     assert!(mirror.is_ancestor(&first, &merge).await.unwrap());
     assert!(!mirror.is_ancestor(&merge, &first).await.unwrap());
 
