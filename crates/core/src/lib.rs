@@ -7,6 +7,7 @@ pub mod changes;
 pub mod config;
 pub mod error;
 mod glob;
+pub mod inputs;
 pub mod mapping;
 pub mod modules;
 pub mod pattern;

@@ -95,17 +95,7 @@ pub fn resolve_local_source(dir: &str, source: &str) -> Option<String> {
     if !(source.starts_with("./") || source.starts_with("../")) {
         return None;
     }
-    let mut parts: Vec<&str> = if dir.is_empty() { Vec::new() } else { dir.split('/').collect() };
-    for piece in source.split('/') {
-        match piece {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            other => parts.push(other),
-        }
-    }
-    Some(parts.join("/"))
+    crate::tree::resolve_relative(dir, source)
 }
 
 /// What one directory's Terraform files say about modules.
@@ -231,7 +221,7 @@ impl ModuleGraph {
         Ok(())
     }
 
-    fn scan_dir(
+    pub(crate) fn scan_dir(
         tree: &dyn Tree,
         dir: &str,
         entries: &[crate::tree::DirEntry],

@@ -475,6 +475,14 @@ impl Glob {
         self.captures(path).is_some()
     }
 
+    /// The directory every match lies under: the glob's text up to its first wildcard,
+    /// placeholder or alternation, cut back to a `/` (`""` when that is the repo root).
+    pub fn fixed_dir(&self) -> &str {
+        let end = self.raw.find(['*', '?', '[', '{', '\\']).unwrap_or(self.raw.len());
+        let literal = &self.raw[..end];
+        literal.rfind('/').map_or("", |i| &literal[..i])
+    }
+
     /// Matches a path and returns the captured placeholders. A placeholder used twice must
     /// capture the same value both times.
     pub fn captures(&self, path: &str) -> Option<Captures> {

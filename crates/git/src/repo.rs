@@ -8,7 +8,7 @@ use std::rc::Rc;
 use gix::ObjectId;
 use gix::bstr::ByteSlice;
 use plinth_core::changes::{ChangeKind, PathChange};
-use plinth_core::tree::{DirEntry, EntryKind, Tree, TreeError, parent};
+use plinth_core::tree::{DirEntry, EntryKind, Tree, TreeError, is_under, parent, resolve_relative};
 
 use crate::error::GitError;
 
@@ -290,49 +290,135 @@ pub enum ExportError {
 }
 
 impl GitTree<'_> {
-    /// Writes every file of the tree under `dest`, with git's modes: executables stay
-    /// executable, symlinks stay symlinks, submodules become empty directories. Returns the
-    /// number of files written. Entries whose names could escape `dest` are refused.
+    /// Writes every file of the tree under `dest`; see [`GitTree::export_paths`].
     pub fn export(&self, dest: &Path) -> Result<u64, ExportError> {
-        let write_error =
-            |path: &Path, source: std::io::Error| ExportError::Write { path: path.display().to_string(), source };
+        self.export_paths(dest, &[String::new()])
+    }
+
+    /// Writes the given repo paths (directories with everything under them, or single files)
+    /// under `dest` at the same relative paths, with git's modes: executables stay executable,
+    /// symlinks stay symlinks, submodules become empty directories. A symlink that points
+    /// elsewhere in the tree brings its target along, so nothing dangles that would not dangle
+    /// in a full checkout. Paths the tree lacks are skipped. Returns the number of files
+    /// written. Entries whose names could escape `dest` are refused.
+    pub fn export_paths(&self, dest: &Path, paths: &[String]) -> Result<u64, ExportError> {
         std::fs::create_dir_all(dest).map_err(|e| write_error(dest, e))?;
-        let mut count = 0;
-        let mut pending = vec![(self.root, dest.to_path_buf())];
-        while let Some((id, dir)) = pending.pop() {
-            let listing = self.listing(id)?;
-            for (name, entry_id, mode) in listing.iter() {
-                if name.is_empty()
-                    || name == "."
-                    || name == ".."
-                    || name.contains(['/', '\\', '\0'])
-                    || name.eq_ignore_ascii_case(".git")
-                {
-                    return Err(ExportError::UnsafeName(name.to_owned()));
-                }
-                let path = dir.join(name);
-                if mode.is_tree() {
-                    std::fs::create_dir(&path).map_err(|e| write_error(&path, e))?;
-                    pending.push((entry_id, path));
-                } else if mode.is_commit() {
-                    std::fs::create_dir(&path).map_err(|e| write_error(&path, e))?;
-                } else {
-                    let blob = self.repo.find_blob(entry_id).map_err(tree_error)?;
-                    if mode.is_link() {
-                        let target = String::from_utf8_lossy(&blob.data).into_owned();
-                        std::os::unix::fs::symlink(target, &path).map_err(|e| write_error(&path, e))?;
-                    } else {
-                        use std::os::unix::fs::PermissionsExt;
-                        std::fs::write(&path, &blob.data).map_err(|e| write_error(&path, e))?;
-                        let perms = if mode.is_executable() { 0o755 } else { 0o644 };
-                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(perms))
-                            .map_err(|e| write_error(&path, e))?;
-                        count += 1;
-                    }
+        let mut exporter = Exporter { tree: self, dest, count: 0, done: Vec::new(), links: Vec::new() };
+        let mut pending: std::collections::VecDeque<String> = paths.iter().cloned().collect();
+        while let Some(path) = pending.pop_front() {
+            if exporter.done.iter().any(|done| is_under(&path, done)) {
+                continue;
+            }
+            exporter.export_path(&path)?;
+            exporter.done.push(path);
+            for (link, target) in std::mem::take(&mut exporter.links) {
+                if let Some(resolved) = resolve_relative(parent(&link), &target) {
+                    pending.push_back(resolved);
                 }
             }
         }
-        Ok(count)
+        Ok(exporter.count)
+    }
+}
+
+fn write_error(path: &Path, source: std::io::Error) -> ExportError {
+    ExportError::Write { path: path.display().to_string(), source }
+}
+
+/// A directory that may already be there (an export of its parent came later).
+fn ensure_dir(path: &Path) -> Result<(), ExportError> {
+    match std::fs::create_dir(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(write_error(path, e)),
+        _ => Ok(()),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ExportError> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains(['/', '\\', '\0'])
+        || name.eq_ignore_ascii_case(".git")
+    {
+        return Err(ExportError::UnsafeName(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// One export in progress.
+struct Exporter<'t, 'r> {
+    tree: &'t GitTree<'r>,
+    dest: &'t Path,
+    count: u64,
+    /// Repo paths written whole so far.
+    done: Vec<String>,
+    /// Symlinks written since the last look: their repo path and target.
+    links: Vec<(String, String)>,
+}
+
+impl Exporter<'_, '_> {
+    fn export_path(&mut self, path: &str) -> Result<(), ExportError> {
+        if path.is_empty() {
+            return self.export_dir(self.tree.root, "");
+        }
+        for name in path.split('/') {
+            check_name(name)?;
+        }
+        let Some(dir) = self.tree.dir_id(parent(path))? else { return Ok(()) };
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let found = match self.tree.entry(dir, name, true)? {
+            Some(found) if found.1.is_tree() => Some(found),
+            _ => self.tree.entry(dir, name, false)?,
+        };
+        let Some((id, mode)) = found else { return Ok(()) };
+        let parent_dir = self.dest.join(parent(path));
+        std::fs::create_dir_all(&parent_dir).map_err(|e| write_error(&parent_dir, e))?;
+        self.write_entry(path, id, mode)
+    }
+
+    fn export_dir(&mut self, id: ObjectId, path: &str) -> Result<(), ExportError> {
+        ensure_dir(&self.dest.join(path))?;
+        let mut pending = vec![(id, path.to_owned())];
+        while let Some((id, dir)) = pending.pop() {
+            let listing = self.tree.listing(id)?;
+            for (name, entry_id, mode) in listing.iter() {
+                check_name(name)?;
+                let path = plinth_core::tree::join(&dir, name);
+                if self.done.iter().any(|done| is_under(&path, done)) {
+                    continue;
+                }
+                if mode.is_tree() {
+                    ensure_dir(&self.dest.join(&path))?;
+                    pending.push((entry_id, path));
+                } else {
+                    self.write_entry(&path, entry_id, mode)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_entry(&mut self, path: &str, id: ObjectId, mode: gix::objs::tree::EntryMode) -> Result<(), ExportError> {
+        let out = self.dest.join(path);
+        if mode.is_tree() {
+            return self.export_dir(id, path);
+        }
+        if mode.is_commit() {
+            return ensure_dir(&out);
+        }
+        let blob = self.tree.repo.find_blob(id).map_err(tree_error)?;
+        if mode.is_link() {
+            let target = String::from_utf8_lossy(&blob.data).into_owned();
+            std::os::unix::fs::symlink(&target, &out).map_err(|e| write_error(&out, e))?;
+            self.links.push((path.to_owned(), target));
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(&out, &blob.data).map_err(|e| write_error(&out, e))?;
+            let perms = if mode.is_executable() { 0o755 } else { 0o644 };
+            std::fs::set_permissions(&out, std::fs::Permissions::from_mode(perms)).map_err(|e| write_error(&out, e))?;
+            self.count += 1;
+        }
+        Ok(())
     }
 }
 

@@ -54,6 +54,8 @@ impl LogHub {
             store: self.store.clone(),
             last_flush: Instant::now(),
             spool,
+            watch_for: &[],
+            noticed: false,
         })
     }
 
@@ -126,6 +128,9 @@ pub struct RunLog {
     store: Arc<dyn Store>,
     last_flush: Instant,
     spool: Spool,
+    /// Text to look out for in the output, and whether it has shown up.
+    watch_for: &'static [&'static str],
+    noticed: bool,
 }
 
 /// Lines are stored at least this often, and whenever this many are waiting.
@@ -137,8 +142,21 @@ impl RunLog {
         self.run_id
     }
 
+    /// Looks out for any of `needles` in the lines from now on; see [`RunLog::noticed`].
+    pub fn watch_for(&mut self, needles: &'static [&'static str]) {
+        self.watch_for = needles;
+    }
+
+    /// Whether a line held one of the texts given to [`RunLog::watch_for`].
+    pub fn noticed(&self) -> bool {
+        self.noticed
+    }
+
     /// Adds a line from `stream` (`stdout`, `stderr` or `plinth`).
     pub async fn line(&mut self, stream: &str, text: &str, at: Timestamp) {
+        if !self.noticed && self.watch_for.iter().any(|needle| text.contains(needle)) {
+            self.noticed = true;
+        }
         self.seq += 1;
         let line = LogLine { seq: self.seq, stream: stream.to_owned(), text: text.to_owned(), at };
         self.spool.append(self.run_id, &line).await;

@@ -100,6 +100,7 @@ pub async fn execute(state: AppState, run: Run, phase: Phase, cancel: Cancellati
         }
     };
     tracing::info!(run = id, stack = %run.stack, commit = %run.commit, ?phase, "Run phase started.");
+    log.watch_for(MISSING_PATH_SIGNS);
     let ending = match phase {
         Phase::Plan => plan_phase(&state, &run, &mut log, &cancel).await,
         Phase::Apply => apply_phase(&state, &run, &mut log, &cancel).await,
@@ -245,11 +246,20 @@ async fn plan_phase(state: &AppState, run: &Run, log: &mut RunLog, cancel: &Canc
             note(state, log, "Cancelled.").await;
             Ending::to(RunStatus::Cancelled, reason("cancelled while planning"))
         }
-        Err(Failure::Failed(why)) => {
-            note(state, log, &format!("Failed: {why}")).await;
-            Ending::to(RunStatus::Failed, reason(why))
-        }
+        Err(Failure::Failed(why)) => failed(state, log, why).await,
     }
+}
+
+/// What Terraform prints when a file or module it was told to read is not there.
+const MISSING_PATH_SIGNS: &[&str] = &["no file exists at", "Unreadable module directory", "Module not found"];
+
+/// Ends a run as failed; when Terraform missed a file, says what a run's checkout holds.
+async fn failed(state: &AppState, log: &mut RunLog, why: String) -> Ending {
+    note(state, log, &format!("Failed: {why}")).await;
+    if log.noticed() {
+        note(state, log, &format!("Note: {}.", plinth_core::inputs::MISSING_PATH_HELP)).await;
+    }
+    Ending::to(RunStatus::Failed, reason(why))
 }
 
 async fn apply_phase(state: &AppState, run: &Run, log: &mut RunLog, cancel: &CancellationToken) -> Ending {
@@ -299,10 +309,7 @@ async fn apply_steps(
             note(state, log, why).await;
             Ending::to(if stopping { RunStatus::Interrupted } else { RunStatus::Cancelled }, reason(why))
         }
-        Err(Failure::Failed(why)) => {
-            note(state, log, &format!("Failed: {why}")).await;
-            Ending::to(RunStatus::Failed, reason(why))
-        }
+        Err(Failure::Failed(why)) => failed(state, log, why).await,
     }
 }
 
@@ -395,7 +402,9 @@ async fn plan_steps(
 ) -> Result<Option<PlanSummary>, Failure> {
     remove_workspace(state, run.id).await;
     note(state, log, &format!("Checking out {} of `{}`.", short(&run.commit), run.stack)).await;
-    let files = checkout(state, &run.commit, &layout.checkout).await?;
+    let files = checkout(state, &run.commit, &run.stack, &layout.checkout)
+        .await
+        .map_err(|e| Failure::Failed(format!("could not check out the commit: {e}")))?;
     note(state, log, &format!("Checked out {files} files.")).await;
     if !layout.stack.is_dir() {
         return Err(Failure::Failed(format!("directory `{}` is not in commit {}", run.path, short(&run.commit))));
@@ -423,19 +432,33 @@ async fn plan_steps(
 }
 
 /// Writes the commit's files into the run's workspace, from git objects.
-async fn checkout(state: &AppState, commit: &str, dest: &Path) -> Result<u64, Failure> {
+/// Writes what a run of `stack` needs of `commit` under `dest`: the paths change detection
+/// watches for it (see [`plinth_core::inputs`]), so the cost follows the stack, not the repo.
+/// Returns the number of files written.
+pub async fn checkout(state: &AppState, commit: &str, stack: &str, dest: &Path) -> Result<u64, String> {
     let git_dir = state.mirror.git_dir().to_path_buf();
-    let commit = commit.to_owned();
-    let dest = dest.to_path_buf();
+    let (commit, stack, dest) = (commit.to_owned(), stack.to_owned(), dest.to_path_buf());
     tokio::task::spawn_blocking(move || -> Result<u64, String> {
         let repo = Repo::discover(&git_dir).map_err(|e| e.to_string())?;
         let id = repo.resolve(&commit).map_err(|e| e.to_string())?;
         let tree = repo.tree(Some(id)).map_err(|e| e.to_string())?;
-        tree.export(&dest).map_err(|e| e.to_string())
+        let text = tree
+            .read_file(CONFIG_FILE)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("there is no {CONFIG_FILE} at {}", short(&commit)))?;
+        let text = String::from_utf8(text).map_err(|_| format!("{CONFIG_FILE} is not UTF-8"))?;
+        let (config, _) = Config::parse(CONFIG_FILE, &text).map_err(|d| d.to_string())?;
+        let resolver = plinth_core::config::Resolver::new(&config, &tree).map_err(|e| e.to_string())?;
+        let site = resolver
+            .site_named(&stack)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{CONFIG_FILE} at {} defines no stack `{stack}`", short(&commit)))?;
+        let found = resolver.stack(&site).map_err(|e| e.to_string())?;
+        let paths = plinth_core::inputs::run_paths(&tree, &config, &found).map_err(|e| e.to_string())?;
+        tree.export_paths(&dest, &paths).map_err(|e| e.to_string())
     })
     .await
-    .map_err(|e| Failure::Failed(format!("the checkout task failed: {e}")))?
-    .map_err(|e| Failure::Failed(format!("could not check out the commit: {e}")))
+    .map_err(|e| format!("the checkout task failed: {e}"))?
 }
 
 /// When a stack configures no backend, Terraform would keep its state in the working

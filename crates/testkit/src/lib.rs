@@ -116,6 +116,43 @@ impl TestRepo {
     }
 }
 
+/// Seed 000's plinth.toml: `terraform/{env}` stacks released from `main`; prd needs approval
+/// by `sre`.
+pub const SEED_000_CONFIG: &str = r#"main_branch = "main"
+
+[environments.stg]
+branches = ["main"]
+
+[environments.prd]
+branches = ["main"]
+approval = true
+approvers = ["sre"]
+
+[stacks.app]
+path = "terraform/{env}"
+environment = "{env}"
+"#;
+
+/// Seed 000's layout (Lancers): terraform/stg and terraform/prd share modules/app, whose one
+/// `terraform_data` resource and output use built-in providers only. Written, not committed.
+pub fn write_seed_000(repo: &TestRepo) {
+    repo.write("plinth.toml", SEED_000_CONFIG);
+    for env in ["stg", "prd"] {
+        repo.write(
+            &format!("terraform/{env}/main.tf"),
+            &format!(
+                "module \"app\" {{\n  source = \"../../modules/app\"\n  env    = \"{env}\"\n}}\n\n\
+                 output \"name\" {{\n  value = module.app.name\n}}\n"
+            ),
+        );
+    }
+    repo.write(
+        "modules/app/main.tf",
+        "variable \"env\" {}\n\nresource \"terraform_data\" \"app\" {\n  input = \"app-${var.env}\"\n}\n\n\
+         output \"name\" {\n  value = terraform_data.app.output\n}\n",
+    );
+}
+
 impl Default for TestRepo {
     fn default() -> Self {
         Self::new()

@@ -1,38 +1,13 @@
 //! The layouts of the seed write-ups, as real repos.
 
-use plinth_testkit::TestRepo;
+use plinth_testkit::{TestRepo, write_seed_000};
 
 use crate::{changed_names, plinth};
 
 /// Seed 000 (Lancers): terraform/stg and terraform/prd, sharing modules/app.
 pub fn seed_000() -> TestRepo {
     let mut t = TestRepo::new();
-    t.write(
-        "plinth.toml",
-        r#"main_branch = "main"
-
-[environments.stg]
-branches = ["main"]
-[environments.prd]
-branches = ["main"]
-approval = true
-approvers = ["sre"]
-
-[stacks.app]
-path = "terraform/{env}"
-environment = "{env}"
-"#,
-    );
-    for env in ["stg", "prd"] {
-        t.write(
-            &format!("terraform/{env}/main.tf"),
-            &format!("module \"app\" {{\n  source = \"../../modules/app\"\n  env    = \"{env}\"\n}}\n"),
-        );
-    }
-    t.write(
-        "modules/app/main.tf",
-        "variable \"env\" {}\nresource \"terraform_data\" \"app\" {\n  input = var.env\n}\n",
-    );
+    write_seed_000(&t);
     t.write("README.md", "# infra\n");
     t.commit("seed 000 layout");
     t

@@ -9,7 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use plinth_testkit::TestRepo;
+use plinth_testkit::{TestRepo, write_seed_000};
 use serde_json::Value;
 
 use crate::Run;
@@ -426,42 +426,6 @@ pub fn watched_repo() -> TestRepo {
     repo.write("README.md", "# infra\n");
     repo.commit("start");
     repo
-}
-
-/// Seed 000's layout: terraform/stg and terraform/prd share modules/app; prd needs approval by
-/// `sre`. Written, not committed.
-pub fn write_seed_000(repo: &TestRepo) {
-    repo.write(
-        "plinth.toml",
-        r#"main_branch = "main"
-
-[environments.stg]
-branches = ["main"]
-
-[environments.prd]
-branches = ["main"]
-approval = true
-approvers = ["sre"]
-
-[stacks.app]
-path = "terraform/{env}"
-environment = "{env}"
-"#,
-    );
-    for env in ["stg", "prd"] {
-        repo.write(
-            &format!("terraform/{env}/main.tf"),
-            &format!(
-                "module \"app\" {{\n  source = \"../../modules/app\"\n  env    = \"{env}\"\n}}\n\n\
-                 output \"name\" {{\n  value = module.app.name\n}}\n"
-            ),
-        );
-    }
-    repo.write(
-        "modules/app/main.tf",
-        "variable \"env\" {}\n\nresource \"terraform_data\" \"app\" {\n  input = \"app-${var.env}\"\n}\n\n\
-         output \"name\" {\n  value = terraform_data.app.output\n}\n",
-    );
 }
 
 fn id_of(run: &Value) -> i64 {

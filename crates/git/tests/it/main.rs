@@ -331,6 +331,38 @@ fn a_commit_exports_with_modes_and_links() {
     assert!(!out.join(".git").exists());
 }
 
+#[test]
+fn a_partial_export_writes_the_paths_asked_for_and_what_their_symlinks_point_at() {
+    let mut t = TestRepo::new();
+    t.write("terraform/stg/main.tf", "# stg\n");
+    t.write("terraform/stg/files/a.txt", "a");
+    t.write("terraform/prd/main.tf", "# prd\n");
+    t.write("shared/providers.tf", "# providers\n");
+    t.write("shared/other.tf", "# other\n");
+    t.write("templates/x/y.tpl", "y");
+    t.write("plinth.toml", "");
+    std::os::unix::fs::symlink("../../shared/providers.tf", t.path().join("terraform/stg/providers.tf")).unwrap();
+    std::os::unix::fs::symlink("../../templates/x", t.path().join("terraform/stg/tpl")).unwrap();
+    std::os::unix::fs::symlink("../../../outside", t.path().join("terraform/stg/escape")).unwrap();
+    std::os::unix::fs::symlink(".", t.path().join("terraform/stg/self")).unwrap();
+    let head = t.commit("layout");
+    let r = open(&t);
+    let tree = r.tree(Some(r.resolve(&head).unwrap())).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let out = dest.path().join("ws");
+    let paths: Vec<String> =
+        ["plinth.toml", "terraform/stg", "terraform/stg/files", "modules/gone"].map(String::from).to_vec();
+    let files = tree.export_paths(&out, &paths).unwrap();
+    assert_eq!(files, 5, "main.tf, a.txt, plinth.toml, providers.tf and y.tpl");
+    assert_eq!(std::fs::read_to_string(out.join("terraform/stg/providers.tf")).unwrap(), "# providers\n");
+    assert_eq!(std::fs::read_to_string(out.join("terraform/stg/tpl/y.tpl")).unwrap(), "y");
+    assert_eq!(std::fs::read_to_string(out.join("terraform/stg/files/a.txt")).unwrap(), "a");
+    assert!(!out.join("terraform/prd").exists());
+    assert!(!out.join("shared/other.tf").exists());
+    assert!(!out.join("modules").exists());
+    assert!(std::fs::symlink_metadata(out.join("terraform/stg/escape")).unwrap().file_type().is_symlink());
+}
+
 #[tokio::test]
 async fn the_mirror_follows_branches_and_new_commits() {
     use plinth_git::Mirror;

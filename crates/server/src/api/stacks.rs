@@ -157,17 +157,8 @@ async fn force_unlock_state(
     };
     let scratch = tempfile_dir(&state.paths.workspaces, "unlock-")?;
     let dir = scratch.join(plinth_core::stack::state_dir_name(stack));
-    let git_dir = state.mirror.git_dir().to_path_buf();
     let checkout = dir.join("checkout");
-    let (commit_task, checkout_task) = (commit.clone(), checkout.clone());
-    tokio::task::spawn_blocking(move || -> Result<u64, String> {
-        let repo = Repo::discover(&git_dir).map_err(|e| e.to_string())?;
-        let id = repo.resolve(&commit_task).map_err(|e| e.to_string())?;
-        repo.tree(Some(id)).map_err(|e| e.to_string())?.export(&checkout_task).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(ApiError::internal)?;
+    crate::runner::checkout(state, &commit, stack, &checkout).await.map_err(ApiError::internal)?;
     let stack_dir = if found.dir.is_empty() { checkout.clone() } else { checkout.join(&found.dir) };
     crate::runner::keep_state_locally(state, stack, &stack_dir).await.map_err(ApiError::internal)?;
     let env = base_env(&dir.join("home"), &dir.join("tmp"), &state.paths.plugin_cache)

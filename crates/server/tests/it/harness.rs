@@ -210,23 +210,6 @@ output "rev" {{
     )
 }
 
-/// Seed 000's layout: stg and prd stacks sharing modules/app; prd needs approval by `sre`.
-pub fn seed_000_config() -> &'static str {
-    r#"main_branch = "main"
-
-[environments.stg]
-branches = ["main"]
-[environments.prd]
-branches = ["main"]
-approval = true
-approvers = ["sre"]
-
-[stacks.app]
-path = "terraform/{env}"
-environment = "{env}"
-"#
-}
-
 /// A repo with one commit and no plinth.toml yet: the server starts on it, and tests then
 /// commit the layout as a change.
 pub fn empty_repo() -> TestRepo {
@@ -234,18 +217,4 @@ pub fn empty_repo() -> TestRepo {
     t.write("README.md", "# infra\n");
     t.commit("start");
     t
-}
-
-pub fn add_layout(t: &TestRepo) {
-    t.write("plinth.toml", seed_000_config());
-    for env in ["stg", "prd"] {
-        t.write(
-            &format!("terraform/{env}/main.tf"),
-            &format!("module \"app\" {{\n  source = \"../../modules/app\"\n  env    = \"{env}\"\n}}\n\noutput \"name\" {{\n  value = module.app.name\n}}\n"),
-        );
-    }
-    t.write(
-        "modules/app/main.tf",
-        "variable \"env\" {}\n\nresource \"terraform_data\" \"app\" {\n  input = \"app-${var.env}\"\n}\n\noutput \"name\" {\n  value = terraform_data.app.output\n}\n",
-    );
 }

@@ -5,12 +5,14 @@
 use plinth_core::run::{RunMode, RunStatus};
 use serde_json::json;
 
-use crate::harness::{LONG, Server, add_layout, empty_repo, eventually, timed_stack};
+use plinth_testkit::write_seed_000;
+
+use crate::harness::{LONG, Server, empty_repo, eventually, timed_stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn main_commits_apply_and_no_changes_is_a_success() {
     let mut server = Server::start(empty_repo(), |_| {}).await;
-    add_layout(&server.repo);
+    write_seed_000(&server.repo);
     let commit = server.repo.commit("layout");
     let runs = server.settle(&commit, 2).await;
     let stg = runs.iter().find(|r| r.stack == "app/stg").unwrap();
@@ -44,7 +46,7 @@ async fn main_commits_apply_and_no_changes_is_a_success() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_branches_plan_but_never_apply() {
     let mut server = Server::start(empty_repo(), |_| {}).await;
-    add_layout(&server.repo);
+    write_seed_000(&server.repo);
     let layout = server.repo.commit("layout");
     server.settle(&layout, 2).await;
     server.repo.git(&["checkout", "-q", "-b", "feature/rename"]);
@@ -71,7 +73,7 @@ async fn production_waits_for_an_approver() {
     let developer = server.token("dev", &["developer"]).await;
     let sre = server.token("oncall", &["sre"]).await;
     let ci = server.token("ci", &["ci"]).await;
-    add_layout(&server.repo);
+    write_seed_000(&server.repo);
     let commit = server.repo.commit("layout");
     let runs = server.settle(&commit, 2).await;
     let prd = runs.iter().find(|r| r.stack == "app/prd").unwrap().clone();
@@ -235,7 +237,10 @@ async fn a_dependent_stack_waits_for_its_dependency_to_apply() {
 async fn runs_get_their_own_workspace_and_logs_are_kept_and_streamed() {
     let marks = tempfile::tempdir().unwrap();
     let mut server = Server::start(empty_repo(), |_| {}).await;
-    server.repo.write("plinth.toml", "[environments.stg]\nbranches = [\"main\"]\n[stacks.blue]\npath = \"blue\"\nenvironment = \"stg\"\nworkspace = \"blue\"\n");
+    server.repo.write(
+        "plinth.toml",
+        "[environments.stg]\nbranches = [\"main\"]\n[stacks.blue]\npath = \"blue\"\nenvironment = \"stg\"\nworkspace = \"blue\"\nwatch = [\"shared/*.txt\"]\n",
+    );
     server.repo.write("shared/data.txt", "shared file\n");
     server.repo.write(
         "blue/main.tf",
@@ -339,4 +344,66 @@ async fn cancelling_interrupts_terraform_and_frees_the_stack() {
     assert_eq!(cancelled.status, RunStatus::Cancelled, "{cancelled:?}");
     let locks = server.get("/api/v1/stacks").await;
     assert!(locks["stacks"][0]["locks"].as_array().unwrap().is_empty(), "{locks}");
+}
+
+/// The files of a run's checkout, relative to it, without what terraform and plinth add.
+const LIST_CHECKOUT: &str = "cd .. && find . ! -type d -not -path '*/.terraform/*' -not -name .terraform.lock.hcl \
+     -not -name plinth_backend_override.tf.json | sort";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_gets_what_triggers_it_and_says_how_to_add_a_file_it_misses() {
+    let marks = tempfile::tempdir().unwrap();
+    let mut server = Server::start(empty_repo(), |_| {}).await;
+    let stack_config =
+        "[environments.stg]\nbranches = [\"main\"]\n[stacks.app]\npath = \"app\"\nenvironment = \"stg\"\n";
+    server.repo.write("plinth.toml", stack_config);
+    server.repo.write(
+        "app/main.tf",
+        &format!(
+            r#"module "m" {{
+  source = "../modules/m"
+}}
+
+resource "terraform_data" "app" {{
+  input = jsondecode(file("../config/settings.json"))
+  provisioner "local-exec" {{
+    command = "{LIST_CHECKOUT} > {dir}/files"
+  }}
+}}
+"#,
+            dir = marks.path().display()
+        ),
+    );
+    server.repo.write("modules/m/main.tf", "module \"lib\" {\n  source = \"../../lib\"\n}\n");
+    server.repo.write("lib/main.tf", "output \"ok\" {\n  value = true\n}\n");
+    server.repo.write("shared/versions.tf", "terraform {\n  required_version = \">= 1.0\"\n}\n");
+    std::os::unix::fs::symlink("../shared/versions.tf", server.repo.path().join("app/versions.tf")).unwrap();
+    server.repo.write("config/settings.json", "{\"size\": 1}\n");
+    server.repo.write("other/big.txt", "not for this stack\n");
+    let commit = server.repo.commit("app reads a file nobody declared");
+    let run = server.settle(&commit, 1).await.remove(0);
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    let log = server.call("GET", &format!("/api/v1/runs/{}/logs", run.id), Some(&server.admin), None).await.text;
+    assert!(log.contains("no file exists at"), "{log}");
+    assert!(log.contains("add them to the stack's `watch` in plinth.toml"), "{log}");
+
+    // Declaring the file is a config change to the stack: it plans again, and now sees it.
+    server.repo.write("plinth.toml", &format!("{stack_config}watch = [\"config/*.json\"]\n"));
+    let commit = server.repo.commit("declare the settings");
+    let run = server.settle(&commit, 1).await.remove(0);
+    assert_eq!(run.status, RunStatus::Applied, "{run:?}");
+    let files = std::fs::read_to_string(marks.path().join("files")).unwrap();
+    assert_eq!(
+        files.lines().collect::<Vec<_>>(),
+        [
+            "./app/main.tf",
+            "./app/versions.tf",
+            "./config/settings.json",
+            "./lib/main.tf",
+            "./modules/m/main.tf",
+            "./plinth.toml",
+            "./shared/versions.tf",
+        ],
+        "the stack, its modules through modules, its watched files, its symlinks' targets, plinth.toml"
+    );
 }

@@ -6,7 +6,9 @@ use plinth_core::run::{RunMode, RunStatus};
 use serde_json::json;
 use sha2::Sha256;
 
-use crate::harness::{LONG, Server, add_layout, empty_repo, eventually};
+use plinth_testkit::write_seed_000;
+
+use crate::harness::{LONG, Server, empty_repo, eventually};
 
 const SECRET: &str = "a-webhook-secret-long-enough";
 
@@ -38,7 +40,7 @@ async fn a_signed_push_webhook_triggers_a_fetch_and_bad_ones_are_refused() {
         c.webhook_secret = Some(SECRET.as_bytes().to_vec());
     })
     .await;
-    add_layout(&server.repo);
+    write_seed_000(&server.repo);
     let commit = server.repo.commit("layout");
     let push =
         json!({"ref": "refs/heads/main", "before": "0".repeat(40), "after": commit, "deleted": false}).to_string();
@@ -82,7 +84,7 @@ async fn webhooks_are_refused_without_a_configured_secret() {
 async fn plans_by_hand_never_apply() {
     let mut server = Server::start(empty_repo(), |_| {}).await;
     let developer = server.token("dev", &["developer"]).await;
-    add_layout(&server.repo);
+    write_seed_000(&server.repo);
     let layout = server.repo.commit("layout");
     server.settle(&layout, 2).await;
 
@@ -137,7 +139,7 @@ async fn plans_by_hand_never_apply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_pushed_while_stopped_are_picked_up_on_start() {
     let mut server = Server::start(empty_repo(), |_| {}).await;
-    add_layout(&server.repo);
+    write_seed_000(&server.repo);
     let layout = server.repo.commit("layout");
     server.settle(&layout, 2).await;
     let (mut repo, data) = server.stop().await;
