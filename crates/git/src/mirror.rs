@@ -68,9 +68,16 @@ impl Mirror {
         &self.git_dir
     }
 
-    /// Fetches every branch, dropping branches deleted upstream.
+    /// Fetches every branch, dropping branches deleted upstream. Git's automatic maintenance
+    /// is left out: an idle poll would otherwise start it every time; see [`Mirror::maintain`].
     pub async fn fetch(&self) -> Result<(), MirrorError> {
-        self.git(&self.git_dir, &["fetch", "--prune", "--quiet", "origin"]).await.map(|_| ())
+        self.git(&self.git_dir, &["fetch", "--prune", "--quiet", "--no-auto-maintenance", "origin"]).await.map(|_| ())
+    }
+
+    /// Packs and prunes the mirror when git's thresholds say so; cheap when they do not. Meant
+    /// for after fetches that brought new commits.
+    pub async fn maintain(&self) -> Result<(), MirrorError> {
+        self.git(&self.git_dir, &["maintenance", "run", "--auto", "--quiet"]).await.map(|_| ())
     }
 
     /// Every branch and the commit it points at.

@@ -175,6 +175,7 @@ pub async fn serve(
             tracing::error!("Runs did not stop; they will be recovered on the next start.");
         }
     }
+    state.store.close().await;
     tracing::info!("plinth stopped.");
     served.map_err(ServerError::Http)
 }

@@ -511,11 +511,8 @@ pub async fn config_at(state: &AppState, commit: &str) -> Result<Config, String>
 /// fetch, right before applying.
 pub async fn staleness(state: &AppState, run: &Run) -> Option<String> {
     let branch = run.branch.clone()?;
-    {
-        let _guard = state.poll_lock.lock().await;
-        if let Err(e) = state.mirror.fetch().await {
-            tracing::warn!(run = run.id, error = %e, "Could not fetch before applying; comparing with the last fetched state.");
-        }
+    if let Err(e) = crate::watcher::fetch_since(state, std::time::Instant::now()).await {
+        tracing::warn!(run = run.id, error = %e, "Could not fetch before applying; comparing with the last fetched state.");
     }
     let head = match state.mirror.branches().await {
         Ok(branches) => match branches.get(&branch) {

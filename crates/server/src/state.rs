@@ -126,8 +126,9 @@ pub struct Inner {
     pub logs: LogHub,
     pub wake_scheduler: Notify,
     pub wake_watcher: Notify,
-    /// Serializes fetch-and-record, so that a webhook and the poll timer never race.
-    pub poll_lock: tokio::sync::Mutex<()>,
+    /// Serializes fetches and fetch-and-record, so that a webhook and the poll timer never
+    /// race. Holds when the last successful fetch started.
+    pub poll_lock: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
     /// Runs whose Terraform is running, with the token that interrupts it.
@@ -145,7 +146,7 @@ impl AppState {
             logs,
             wake_scheduler: Notify::new(),
             wake_watcher: Notify::new(),
-            poll_lock: tokio::sync::Mutex::new(()),
+            poll_lock: tokio::sync::Mutex::new(None),
             shutdown: CancellationToken::new(),
             running: Mutex::new(HashMap::new()),
         }))

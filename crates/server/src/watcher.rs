@@ -3,10 +3,12 @@
 //! hand.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use plinth_core::CONFIG_FILE;
 use plinth_core::config::Config;
 use plinth_core::run::{lock_key, run_mode};
+use plinth_core::time::Timestamp;
 use plinth_core::tree::Tree;
 use plinth_git::{ChangedOptions, ModuleCache, Repo};
 use plinth_store::{NewEvent, NewRun, Recorded};
@@ -15,19 +17,43 @@ use crate::error::ApiError;
 use crate::runner::{remove_workspace, short};
 use crate::state::AppState;
 
-/// Fetches on every tick of the poll interval, and whenever woken (by a webhook).
+/// Fetches on every tick of the poll interval, and whenever woken (by a webhook). Ticks are
+/// fixed (a slow poll does not push the next one back), and [`prepare`](crate::prepare) has
+/// already polled once.
 pub async fn run(state: AppState) {
+    let interval = state.config.poll_interval;
+    let period = if interval.is_zero() { Duration::from_secs(3600) } else { interval };
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if let Err(e) = poll_once(&state, "poll").await {
-            tracing::warn!(code = e.code, error = %e.message, "Polling the repository failed; trying again on the next tick.");
-        }
-        let interval = state.config.poll_interval;
         tokio::select! {
             _ = state.shutdown.cancelled() => return,
             _ = state.wake_watcher.notified() => {}
-            _ = tokio::time::sleep(interval), if !interval.is_zero() => {}
+            _ = ticks.tick(), if !interval.is_zero() => {}
+        }
+        if let Err(e) = poll_once(&state, "poll").await {
+            tracing::warn!(code = e.code, error = %e.message, "Polling the repository failed; trying again on the next tick.");
         }
     }
+}
+
+/// Makes sure the mirror has been fetched since `asked_at`: returns at once if a fetch that
+/// started after it has succeeded, else fetches. Runs checking their branch before applying
+/// share fetches this way instead of queueing one each.
+pub async fn fetch_since(state: &AppState, asked_at: Instant) -> Result<(), plinth_git::MirrorError> {
+    let mut last = state.poll_lock.lock().await;
+    if last.is_some_and(|started| started >= asked_at) {
+        return Ok(());
+    }
+    fetch_locked(state, &mut last).await
+}
+
+/// Fetches while holding the poll lock, and remembers when the fetch started.
+async fn fetch_locked(state: &AppState, last: &mut Option<Instant>) -> Result<(), plinth_git::MirrorError> {
+    let started = Instant::now();
+    state.mirror.fetch().await?;
+    *last = Some(started);
+    Ok(())
 }
 
 /// What one fetch found.
@@ -40,8 +66,10 @@ pub struct Polled {
 /// time, the branch heads are remembered without events: plinth acts on commits made after it
 /// starts watching.
 pub async fn poll_once(state: &AppState, trigger: &str) -> Result<Polled, ApiError> {
-    let _guard = state.poll_lock.lock().await;
-    state.mirror.fetch().await.map_err(|e| ApiError::from_error(&e))?;
+    let mut last = state.poll_lock.lock().await;
+    fetch_locked(state, &mut last).await.map_err(|e| ApiError::from_error(&e))?;
+    // Runs count from here: the commit has been seen.
+    let seen_at = state.now();
     let branches = state.mirror.branches().await.map_err(|e| ApiError::from_error(&e))?;
     let known = state.store.refs().await?;
     let mut polled = Polled::default();
@@ -77,7 +105,7 @@ pub async fn poll_once(state: &AppState, trigger: &str) -> Result<Polled, ApiErr
             continue;
         }
         for commit in commits {
-            polled.events.push(record_commit(state, branch, &commit, trigger).await?);
+            polled.events.push(record_commit(state, branch, &commit, trigger, seen_at).await?);
         }
     }
     if !gone.is_empty() {
@@ -85,6 +113,13 @@ pub async fn poll_once(state: &AppState, trigger: &str) -> Result<Polled, ApiErr
     }
     if !polled.events.is_empty() {
         state.wake_scheduler.notify_one();
+        // New objects arrived: let git pack them if its thresholds say so, off the poll path.
+        let mirror = state.mirror.clone();
+        tokio::spawn(async move {
+            if let Err(e) = mirror.maintain().await {
+                tracing::warn!(error = %e, "git maintenance of the mirror failed.");
+            }
+        });
     }
     Ok(polled)
 }
@@ -104,7 +139,6 @@ pub async fn main_branch(state: &AppState, branches: &BTreeMap<String, String>) 
 
 /// The stacks one commit changes, ready to become runs.
 struct Planned {
-    config: Config,
     runs: Vec<NewRun>,
     note: Option<String>,
 }
@@ -195,7 +229,7 @@ async fn runs_for(
         } else {
             Some(notes.join("; "))
         };
-        Ok(Planned { config, runs, note })
+        Ok(Planned { runs, note })
     })
     .await
     .map_err(|e| format!("change detection failed: {e}"))?
@@ -206,12 +240,15 @@ fn first_line(text: &str) -> String {
 }
 
 /// Records the event for one commit on a branch, with its runs.
-async fn record_commit(state: &AppState, branch: &str, commit: &str, trigger: &str) -> Result<Recorded, ApiError> {
+async fn record_commit(
+    state: &AppState,
+    branch: &str,
+    commit: &str,
+    trigger: &str,
+    seen_at: Timestamp,
+) -> Result<Recorded, ApiError> {
     let (runs, note) = match runs_for(state, Some(branch), commit, None, false).await {
-        Ok(planned) => {
-            let _ = &planned.config;
-            (planned.runs, planned.note)
-        }
+        Ok(planned) => (planned.runs, planned.note),
         Err(why) => {
             tracing::warn!(%branch, commit = short(commit), reason = %why, "No runs for this commit.");
             (Vec::new(), Some(why))
@@ -226,7 +263,7 @@ async fn record_commit(state: &AppState, branch: &str, commit: &str, trigger: &s
         advance_ref: Some((branch.to_owned(), commit.to_owned())),
         supersede: true,
     };
-    let recorded = state.store.record_event(event, runs, state.now()).await?;
+    let recorded = state.store.record_event(event, runs, seen_at).await?;
     tracing::info!(%branch, commit = short(commit), runs = recorded.runs.len(), superseded = recorded.superseded.len(), "Recorded a commit.");
     for old in &recorded.superseded {
         remove_workspace(state, old.id).await;
@@ -237,11 +274,8 @@ async fn record_commit(state: &AppState, branch: &str, commit: &str, trigger: &s
 /// A plan asked for by hand: of the stacks a revision changes (against the main branch), or of
 /// one stack. Plans by hand never apply.
 pub async fn plan_by_hand(state: &AppState, rev: &str, stack: Option<&str>, by: &str) -> Result<Recorded, ApiError> {
-    {
-        let _guard = state.poll_lock.lock().await;
-        if let Err(e) = state.mirror.fetch().await {
-            tracing::warn!(error = %e, "Could not fetch before a plan by hand; using the last fetched state.");
-        }
+    if let Err(e) = fetch_since(state, Instant::now()).await {
+        tracing::warn!(error = %e, "Could not fetch before a plan by hand; using the last fetched state.");
     }
     let branches = state.mirror.branches().await.map_err(|e| ApiError::from_error(&e))?;
     let (branch, commit) = match branches.get(rev) {

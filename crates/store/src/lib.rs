@@ -271,6 +271,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn append_audit(&self, entry: NewAudit, now: Timestamp) -> Result<AuditEntry>;
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>>;
+
+    /// Closes the connections once the work in flight is done; for a clean stop (SQLite folds
+    /// its write-ahead log back into the database file).
+    async fn close(&self);
 }
 
 /// What unlocking a stack did.

@@ -614,6 +614,10 @@ impl Store for SqliteStore {
         audit_from_row(&row)
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
         let mut text = String::from("SELECT * FROM audit WHERE id > ?");
         if filter.actor.is_some() {

@@ -29,6 +29,9 @@ async fn a_stop_lets_running_applies_finish_within_the_grace_period() {
     eventually("the apply to start", LONG, || async { marks.path().join("started-1").exists().then_some(()) }).await;
     let (repo, data) = server.stop().await;
     assert!(marks.path().join("done-1").exists(), "the apply finished before the server stopped");
+    // The database was closed: its write-ahead log is folded back in, and nothing is spooled.
+    assert!(!data.path().join("plinth.db-wal").exists(), "the WAL is left behind");
+    assert_eq!(std::fs::read_dir(data.path().join("log-spool")).unwrap().count(), 0);
     let server = Server::start_in(repo, data, |_| {}).await;
     let run = server.runs().await.into_iter().find(|r| r.commit == commit).unwrap();
     assert_eq!(run.status, RunStatus::Applied, "{run:?}");
