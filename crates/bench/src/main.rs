@@ -5,6 +5,12 @@
 //! makes one commit that touches files spread over stacks and modules, and times
 //! `plinth changed` (with a warm and a cold module cache) against `git diff --name-only` for
 //! the same two commits.
+//!
+//! `plinth-bench server` runs the real `plinth server` over a generated repo and measures its
+//! overhead before terraform starts, its throughput with many stacks, and its memory (see
+//! `server/mod.rs`).
+
+mod server;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -19,6 +25,9 @@ use clap::Parser;
 enum Bench {
     /// Time `plinth changed` on a synthetic monorepo against `git diff --name-only`.
     Changed(ChangedArgs),
+    /// Measure the plinth server: overhead before terraform starts, throughput at scale, and
+    /// idle memory.
+    Server(server::ServerArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -55,6 +64,7 @@ const TEAMS: usize = 50;
 fn main() -> Result<()> {
     match Bench::parse() {
         Bench::Changed(args) => changed(args),
+        Bench::Server(args) => server::run(args),
     }
 }
 

@@ -43,7 +43,7 @@ impl LogHub {
         let seq = self.store.last_log_seq(run_id).await?;
         let sender = {
             let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-            live.entry(run_id).or_insert_with(|| broadcast::channel(4096).0).clone()
+            live.entry(run_id).or_insert_with(|| broadcast::channel(LIVE_LINES).0).clone()
         };
         let spool = Spool::open(self.spool_path(run_id)).await;
         Ok(RunLog {
@@ -132,6 +132,10 @@ pub struct RunLog {
     watch_for: &'static [&'static str],
     noticed: bool,
 }
+
+/// Lines a live follower may fall behind before it catches up from the store instead. Each
+/// run in progress holds a ring of this many lines.
+const LIVE_LINES: usize = 1024;
 
 /// Lines are stored at least this often, and whenever this many are waiting.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
