@@ -103,6 +103,11 @@ impl Client {
         self.decode(response)
     }
 
+    pub fn put<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> Result<T, Failure> {
+        let response = self.send(self.request(reqwest::Method::PUT, path)?.json(body))?;
+        self.decode(response)
+    }
+
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
         let response = self.send(self.request(reqwest::Method::DELETE, path)?)?;
         self.decode(response)

@@ -55,6 +55,8 @@ enum Command {
     Tokens(commands::runs::TokensArgs),
     /// Read a plinth server's audit log (admin).
     Audit(commands::runs::AuditArgs),
+    /// Secrets on a plinth server: set (from stdin), list (never values), rm, rotate-master-key.
+    Secrets(commands::secrets::Args),
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -83,6 +85,7 @@ fn main() -> ExitCode {
         Command::Stacks(args) => commands::runs::stacks(args),
         Command::Tokens(args) => commands::runs::tokens(args),
         Command::Audit(args) => commands::runs::audit(args),
+        Command::Secrets(args) => commands::secrets::run(args),
     };
     match result {
         Ok(code) => code,

@@ -32,6 +32,8 @@ pub enum Action {
     Unlock,
     ManageTokens,
     ReadAudit,
+    /// Set, remove and rotate secrets. Nobody can read a value back.
+    ManageSecrets,
 }
 
 impl Action {
@@ -46,6 +48,7 @@ impl Action {
             Action::Unlock => "unlock stacks".into(),
             Action::ManageTokens => "manage tokens".into(),
             Action::ReadAudit => "read the audit log".into(),
+            Action::ManageSecrets => "manage secrets".into(),
         }
     }
 }
@@ -68,7 +71,7 @@ pub fn allowed(roles: &[String], action: &Action, config: Option<&Config>) -> bo
             };
             env.approval && env.approvers.iter().any(|a| has(a))
         }
-        Action::Unlock | Action::ManageTokens | Action::ReadAudit => false,
+        Action::Unlock | Action::ManageTokens | Action::ReadAudit | Action::ManageSecrets => false,
     }
 }
 
@@ -119,6 +122,9 @@ path = "x"
             (roles(&["developer"]), Action::Cancel { own: false }, false),
             (roles(&["developer"]), approve("prd"), false),
             (roles(&["developer"]), Action::Unlock, false),
+            (roles(&["developer"]), Action::ManageSecrets, false),
+            (roles(&["ci"]), Action::ManageSecrets, false),
+            (roles(&["admin"]), Action::ManageSecrets, true),
             (roles(&["sre"]), approve("prd"), true),
             (roles(&["sre"]), approve("stg"), false),
             (roles(&["sre"]), approve("nope"), false),

@@ -9,8 +9,10 @@ pub mod api;
 mod auth;
 mod error;
 mod logs;
+mod policy;
 mod runner;
 mod scheduler;
+mod secrets;
 mod state;
 mod watcher;
 
@@ -38,6 +40,10 @@ pub enum ServerError {
     AdminToken { path: String, source: std::io::Error },
     #[error("the HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    MasterKey(#[from] plinth_secrets::SecretsError),
+    #[error("could not finish the master key rotation: {0}")]
+    Rotation(String),
 }
 
 impl ErrorCode for ServerError {
@@ -48,6 +54,8 @@ impl ErrorCode for ServerError {
             ServerError::Repo(e) => e.code(),
             ServerError::AdminToken { .. } => "server.admin_token",
             ServerError::Http(_) => "server.http",
+            ServerError::MasterKey(e) => e.code(),
+            ServerError::Rotation(_) => "secret.rotation_failed",
         }
     }
 
@@ -63,6 +71,11 @@ impl ErrorCode for ServerError {
             ServerError::Store(e) => e.help(),
             ServerError::Repo(e) => e.help(),
             ServerError::Http(_) => "Check that the listen address is free and allowed.".into(),
+            ServerError::MasterKey(e) => e.help(),
+            ServerError::Rotation(_) => {
+                "Check the master key file and its `.next` file beside it; both are needed until the rotation finishes."
+                    .into()
+            }
         }
     }
 }
@@ -87,8 +100,11 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
             .map_err(|source| ServerError::DataDir { path: dir.display().to_string(), source })?;
     }
     let store = plinth_store::open(&format!("sqlite://{}", paths.database.display())).await?;
+    let key_file = config.master_key_file.clone().unwrap_or_else(|| paths.master_key.clone());
+    let keys = open_keyring(key_file).await?;
     let mirror = Mirror::open_or_clone(&config.repo, &paths.mirror, config.git_timeout).await?;
-    let state = AppState::new(config, paths, store, mirror);
+    let state = AppState::new(config, paths, store, mirror, keys);
+    secrets::finish_pending_rotation(&state).await.map_err(|e| ServerError::Rotation(e.message))?;
     let admin_token = first_admin_token(&state).await?;
     scheduler::recover(&state).await?;
     // The first poll happens before serving: on a first start it remembers the branch heads
@@ -97,6 +113,22 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
         tracing::warn!(code = e.code, error = %e.message, "The first poll failed; polling goes on.");
     }
     Ok(Prepared { state, admin_token })
+}
+
+/// Opens the master key file, creating it (mode 0600) on the first start.
+async fn open_keyring(path: std::path::PathBuf) -> Result<std::sync::Arc<plinth_secrets::LocalKeyring>, ServerError> {
+    let shown = path.display().to_string();
+    let (keys, opened) = tokio::task::spawn_blocking(move || plinth_secrets::LocalKeyring::open(&path))
+        .await
+        .map_err(|e| ServerError::Rotation(e.to_string()))??;
+    match opened {
+        plinth_secrets::Opened::Created => tracing::warn!(
+            file = %shown,
+            "Created a new master key. Back it up apart from the data dir: without it no secret can be read."
+        ),
+        plinth_secrets::Opened::Existing => tracing::info!(file = %shown, "Opened the master key."),
+    }
+    Ok(std::sync::Arc::new(keys))
 }
 
 /// On the first start (no token ever made), creates the admin token.

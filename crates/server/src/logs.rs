@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use plinth_core::redact::Redactor;
 use plinth_core::time::Timestamp;
 use plinth_store::{LogLine, Store};
 use tokio::io::AsyncWriteExt;
@@ -56,6 +57,7 @@ impl LogHub {
             spool,
             watch_for: &[],
             noticed: false,
+            redactor: None,
         })
     }
 
@@ -131,6 +133,8 @@ pub struct RunLog {
     /// Text to look out for in the output, and whether it has shown up.
     watch_for: &'static [&'static str],
     noticed: bool,
+    /// Masks the values of the secrets handed to the run in every line, plinth's own included.
+    redactor: Option<Arc<Redactor>>,
 }
 
 /// Lines a live follower may fall behind before it catches up from the store instead. Each
@@ -156,8 +160,27 @@ impl RunLog {
         self.noticed
     }
 
-    /// Adds a line from `stream` (`stdout`, `stderr` or `plinth`).
+    /// Masks these secrets' values in every line from now on.
+    pub fn set_redactor(&mut self, redactor: Option<Arc<Redactor>>) {
+        self.redactor = redactor;
+    }
+
+    /// Masks the run's secrets in text bound elsewhere: a reason, a plan summary.
+    pub fn redact(&self, text: &str) -> String {
+        match &self.redactor {
+            Some(redactor) => redactor.redact(text).into_owned(),
+            None => text.to_owned(),
+        }
+    }
+
+    /// Adds a line from `stream` (`stdout`, `stderr` or `plinth`). Terraform's output comes
+    /// masked already, even across reads; this masks once more, and plinth's own notes.
     pub async fn line(&mut self, stream: &str, text: &str, at: Timestamp) {
+        let redacted = match &self.redactor {
+            Some(redactor) => redactor.redact(text),
+            None => std::borrow::Cow::Borrowed(text),
+        };
+        let text: &str = &redacted;
         if !self.noticed && self.watch_for.iter().any(|needle| text.contains(needle)) {
             self.noticed = true;
         }

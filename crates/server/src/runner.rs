@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use plinth_core::modules::declares_backend;
+use plinth_core::redact::Redactor;
 use plinth_core::run::{PlanSummary, Run, RunMode, RunStatus, needs_approval};
 use plinth_core::stack::state_dir_name;
 use plinth_core::tree::Tree;
@@ -18,7 +19,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::logs::RunLog;
+use crate::secrets::Handed;
 use crate::state::AppState;
+
+/// The file in a run's workspace that holds its plan, encrypted, while it waits for approval.
+pub const SEALED_PLAN_FILE: &str = "plan.tfplan.sealed";
 
 /// The file in a run's workspace that holds its running terraform's process group id.
 pub const PGID_FILE: &str = "terraform.pgid";
@@ -63,6 +68,8 @@ struct Layout {
     checkout: PathBuf,
     stack: PathBuf,
     plan: PathBuf,
+    /// The plan, encrypted, while the run waits for approval.
+    sealed_plan: PathBuf,
     home: PathBuf,
     tmp: PathBuf,
 }
@@ -75,6 +82,7 @@ impl Layout {
         Layout {
             pgid: root.join(PGID_FILE),
             plan: root.join("plan.tfplan"),
+            sealed_plan: root.join(SEALED_PLAN_FILE),
             home: root.join("home"),
             tmp: root.join("tmp"),
             stack,
@@ -163,7 +171,13 @@ async fn note(state: &AppState, log: &mut RunLog, text: &str) {
 
 /// Records a status; returns whether the move happened. A store that fails is retried for a
 /// while: a status, once reached, must not be lost.
-async fn set(state: &AppState, log: &mut RunLog, id: i64, to: RunStatus, patch: RunPatch) -> bool {
+async fn set(state: &AppState, log: &mut RunLog, id: i64, to: RunStatus, mut patch: RunPatch) -> bool {
+    patch.reason = patch.reason.map(|r| log.redact(&r));
+    if let Some(plan) = &mut patch.plan {
+        for resource in &mut plan.resources {
+            resource.address = log.redact(&resource.address);
+        }
+    }
     let mut wait = Duration::from_millis(100);
     for attempt in 1.. {
         match state.store.transition(id, to, patch.clone(), state.now()).await {
@@ -188,8 +202,11 @@ async fn set(state: &AppState, log: &mut RunLog, id: i64, to: RunStatus, patch: 
 
 async fn plan_phase(state: &AppState, run: &Run, log: &mut RunLog, cancel: &CancellationToken) -> Ending {
     let layout = Layout::new(state, run);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let result = plan_steps(state, run, &layout, log, &tx, &mut rx, cancel).await;
+    let handed = match hand_secrets(state, run, log, "plan").await {
+        Ok(handed) => handed,
+        Err(why) => return failed(state, log, why).await,
+    };
+    let result = plan_steps(state, run, &layout, log, cancel, &handed).await;
     let id = run.id;
     match result {
         Ok(None) => {
@@ -209,14 +226,27 @@ async fn plan_phase(state: &AppState, run: &Run, log: &mut RunLog, cancel: &Canc
                 note(state, log, &why).await;
                 return Ending::done();
             }
-            let config = match config_at(state, &run.commit).await {
-                Ok(config) => config,
-                Err(e) => return Ending::to(RunStatus::Cancelled, reason(format!("cannot read the policy: {e}"))),
+            // Approval is the main branch's policy, not the commit's own plinth.toml.
+            let policy = crate::policy::current(state).await;
+            let approval = match &policy {
+                Ok(policy) => needs_approval(&policy.config, run.environment.as_deref()),
+                Err(why) => {
+                    note(state, log, &format!("Cannot read the policy ({why}); an admin must approve.")).await;
+                    true
+                }
             };
-            if needs_approval(&config, run.environment.as_deref()) {
+            if approval {
                 let env = run.environment.clone().unwrap_or_default();
-                let approvers = config.environments.get(&env).map(|e| e.approvers.join(", ")).unwrap_or_default();
+                let approvers = policy
+                    .as_ref()
+                    .ok()
+                    .and_then(|p| p.config.environments.get(&env))
+                    .map(|e| e.approvers.join(", "))
+                    .unwrap_or_default();
                 let who = if approvers.is_empty() { "an admin".to_owned() } else { format!("{approvers} or an admin") };
+                if let Err(why) = seal_plan(state, run, &layout).await {
+                    return failed(state, log, why).await;
+                }
                 note(
                     state,
                     log,
@@ -236,7 +266,7 @@ async fn plan_phase(state: &AppState, run: &Run, log: &mut RunLog, cancel: &Canc
             if !set(state, log, id, RunStatus::Applying, RunPatch::default()).await {
                 return Ending::done();
             }
-            apply_steps(state, run, &layout, log, &tx, &mut rx, cancel).await
+            apply_steps(state, run, &layout, log, cancel, &handed).await
         }
         Err(Failure::Interrupted) if state.shutdown.is_cancelled() => {
             note(state, log, "plinth is stopping; this plan runs again when it starts.").await;
@@ -264,8 +294,7 @@ async fn failed(state: &AppState, log: &mut RunLog, why: String) -> Ending {
 
 async fn apply_phase(state: &AppState, run: &Run, log: &mut RunLog, cancel: &CancellationToken) -> Ending {
     let layout = Layout::new(state, run);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    if !layout.plan.exists() || !layout.stack.exists() {
+    if !layout.sealed_plan.exists() || !layout.stack.exists() {
         let why = "the saved plan is gone from the run's workspace".to_owned();
         note(state, log, &format!("Failed: {why}")).await;
         return Ending::to(RunStatus::Failed, reason(why));
@@ -273,7 +302,65 @@ async fn apply_phase(state: &AppState, run: &Run, log: &mut RunLog, cancel: &Can
     if let Some(by) = &run.approved_by {
         note(state, log, &format!("Approved by {by}.")).await;
     }
-    apply_steps(state, run, &layout, log, &tx, &mut rx, cancel).await
+    let handed = match hand_secrets(state, run, log, "apply").await {
+        Ok(handed) => handed,
+        Err(why) => return failed(state, log, why).await,
+    };
+    if let Err(why) = unseal_plan(state, run, &layout).await {
+        return failed(state, log, why).await;
+    }
+    apply_steps(state, run, &layout, log, cancel, &handed).await
+}
+
+/// Decrypts the secrets the run gets, if its branch releases to its environment, and masks
+/// their values in its log from now on.
+async fn hand_secrets(state: &AppState, run: &Run, log: &mut RunLog, phase: &str) -> Result<Handed, String> {
+    let handed = crate::secrets::for_run(state, run, phase)
+        .await
+        .map_err(|e| format!("could not hand the run its secrets: {e}"))?;
+    log.set_redactor(handed.redactor.clone());
+    if let Some(why) = &handed.withheld {
+        note(state, log, why).await;
+    } else if !handed.env.is_empty() {
+        let names: Vec<&str> = handed.env.iter().map(|(name, _)| name.as_str()).collect();
+        note(state, log, &format!("Secrets handed to terraform: {}.", names.join(", "))).await;
+    }
+    Ok(handed)
+}
+
+/// The associated data of a run's sealed plan: it opens for that run only.
+fn plan_aad(run: &Run) -> Vec<u8> {
+    format!("plinth-plan-v1\0run/{}\0{}", run.id, run.commit).into_bytes()
+}
+
+/// Encrypts the plan file of a run that waits for approval, and removes the plaintext: a plan
+/// holds the values of variables, secrets included.
+async fn seal_plan(state: &AppState, run: &Run, layout: &Layout) -> Result<(), String> {
+    let plain = tokio::fs::read(&layout.plan).await.map_err(|e| format!("could not read the plan file: {e}"))?;
+    let sealed = plinth_secrets::seal_to_bytes(state.keys.as_ref(), &plan_aad(run), &plain)
+        .await
+        .map_err(|e| format!("could not encrypt the plan file: {e}"))?;
+    write_private(&layout.sealed_plan, &sealed).await.map_err(|e| format!("could not write the sealed plan: {e}"))?;
+    tokio::fs::remove_file(&layout.plan).await.map_err(|e| format!("could not remove the plaintext plan: {e}"))
+}
+
+/// Decrypts an approved run's plan back into its workspace, for `terraform apply`.
+async fn unseal_plan(state: &AppState, run: &Run, layout: &Layout) -> Result<(), String> {
+    let sealed =
+        tokio::fs::read(&layout.sealed_plan).await.map_err(|e| format!("could not read the sealed plan: {e}"))?;
+    let plain = plinth_secrets::open_from_bytes(state.keys.as_ref(), &plan_aad(run), &sealed)
+        .await
+        .map_err(|e| format!("could not decrypt the plan file: {e}"))?;
+    write_private(&layout.plan, plain.expose()).await.map_err(|e| format!("could not write the plan file: {e}"))
+}
+
+/// Writes a file only the server's user can read.
+async fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::fs::remove_file(path).await;
+    let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).await?;
+    file.write_all(bytes).await?;
+    file.flush().await
 }
 
 async fn apply_steps(
@@ -281,15 +368,17 @@ async fn apply_steps(
     run: &Run,
     layout: &Layout,
     log: &mut RunLog,
-    tx: &mpsc::UnboundedSender<OutputLine>,
-    rx: &mut mpsc::UnboundedReceiver<OutputLine>,
     cancel: &CancellationToken,
+    handed: &Handed,
 ) -> Ending {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, rx) = (&tx, &mut rx);
     let result = async {
         let terraform = terraform_for(state, run, layout)?;
-        let env = run_env(state, run);
+        let env = run_env(state, run, handed);
         let record = pgid_recorder(layout.pgid.clone());
-        let ctx = invocation(layout, &env, tx, cancel, state.config.terraform_grace, &record);
+        let ctx =
+            invocation(layout, &env, tx, cancel, state.config.terraform_grace, &record, handed.redactor.as_deref());
         pump(state, log, rx, terraform.apply(&ctx, &layout.plan)).await?;
         Ok::<_, Failure>(())
     }
@@ -320,8 +409,9 @@ fn invocation<'a>(
     cancel: &'a CancellationToken,
     grace: Duration,
     record: &'a (dyn Fn(u32) + Send + Sync),
+    redactor: Option<&'a Redactor>,
 ) -> Invocation<'a> {
-    Invocation { dir: &layout.stack, extra_env: env, output: tx, cancel, grace, on_spawn: Some(record) }
+    Invocation { dir: &layout.stack, extra_env: env, output: tx, cancel, grace, on_spawn: Some(record), redactor }
 }
 
 /// Writes terraform's process group id where recovery finds it if the server dies.
@@ -341,8 +431,8 @@ fn terraform_for(state: &AppState, run: &Run, layout: &Layout) -> Result<Terrafo
 }
 
 /// What a run's Terraform sees besides the base environment: where plinth keeps local state,
-/// and what is running.
-fn run_env(state: &AppState, run: &Run) -> Vec<(String, String)> {
+/// what is running, and the secrets handed to it.
+fn run_env(state: &AppState, run: &Run, handed: &Handed) -> Vec<(String, String)> {
     let mut env = vec![
         ("TF_VAR_plinth_state_dir".to_owned(), state.paths.state.display().to_string()),
         ("PLINTH_RUN".to_owned(), run.id.to_string()),
@@ -355,6 +445,7 @@ fn run_env(state: &AppState, run: &Run) -> Vec<(String, String)> {
     if let Some(environment) = &run.environment {
         env.push(("PLINTH_ENVIRONMENT".to_owned(), environment.clone()));
     }
+    env.extend(handed.env.iter().cloned());
     env
 }
 
@@ -396,10 +487,11 @@ async fn plan_steps(
     run: &Run,
     layout: &Layout,
     log: &mut RunLog,
-    tx: &mpsc::UnboundedSender<OutputLine>,
-    rx: &mut mpsc::UnboundedReceiver<OutputLine>,
     cancel: &CancellationToken,
+    handed: &Handed,
 ) -> Result<Option<PlanSummary>, Failure> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, rx) = (&tx, &mut rx);
     remove_workspace(state, run.id).await;
     note(state, log, &format!("Checking out {} of `{}`.", short(&run.commit), run.stack)).await;
     let files = checkout(state, &run.commit, &run.stack, &layout.checkout)
@@ -416,9 +508,9 @@ async fn plan_steps(
         return Err(Failure::Interrupted);
     }
     let terraform = terraform_for(state, run, layout)?;
-    let env = run_env(state, run);
+    let env = run_env(state, run, handed);
     let record = pgid_recorder(layout.pgid.clone());
-    let ctx = invocation(layout, &env, tx, cancel, state.config.terraform_grace, &record);
+    let ctx = invocation(layout, &env, tx, cancel, state.config.terraform_grace, &record, handed.redactor.as_deref());
     pump(state, log, rx, terraform.init(&ctx)).await?;
     if let Some(workspace) = &run.workspace {
         pump(state, log, rx, terraform.select_workspace(&ctx, workspace)).await?;

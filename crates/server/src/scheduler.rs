@@ -47,7 +47,7 @@ pub async fn recover(state: &AppState) -> Result<(), plinth_store::StoreError> {
                     .to_owned(),
             ),
             RunStatus::AwaitingApproval => {
-                if state.paths.workspace(run.id).join("plan.tfplan").exists() {
+                if state.paths.workspace(run.id).join(crate::runner::SEALED_PLAN_FILE).exists() {
                     keep.insert(run.id);
                     continue;
                 }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use plinth_core::time::Timestamp;
 use plinth_git::Mirror;
+use plinth_secrets::LocalKeyring;
 use plinth_store::Store;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +33,8 @@ pub struct ServerConfig {
     pub git_timeout: Duration,
     /// How long Terraform gets to stop after an interrupt before it is killed.
     pub terraform_grace: Duration,
+    /// The master key that wraps secrets' data keys; `<data-dir>/master.key` when not set.
+    pub master_key_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -43,6 +46,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("concurrency", &self.concurrency)
             .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "<redacted>"))
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("master_key_file", &self.master_key_file)
             .finish()
     }
 }
@@ -58,6 +62,7 @@ impl ServerConfig {
             shutdown_grace: Duration::from_secs(60),
             git_timeout: Duration::from_secs(120),
             terraform_grace: Duration::from_secs(30),
+            master_key_file: None,
         }
     }
 }
@@ -76,6 +81,7 @@ pub struct Paths {
     pub state: PathBuf,
     pub plugin_cache: PathBuf,
     pub module_cache: PathBuf,
+    pub master_key: PathBuf,
 }
 
 impl Paths {
@@ -90,6 +96,7 @@ impl Paths {
             state: data.join("state"),
             plugin_cache: data.join("plugin-cache"),
             module_cache: data.join("cache").join("modules"),
+            master_key: data.join("master.key"),
         }
     }
 
@@ -124,6 +131,11 @@ pub struct Inner {
     pub store: Arc<dyn Store>,
     pub mirror: Mirror,
     pub logs: LogHub,
+    /// Wraps and unwraps secrets' data keys.
+    pub keys: Arc<LocalKeyring>,
+    /// Held while a secret is sealed and stored, and through a master key rotation, so that no
+    /// value is stored under a key the rotation is retiring.
+    pub secrets_write: tokio::sync::Mutex<()>,
     pub wake_scheduler: Notify,
     pub wake_watcher: Notify,
     /// Serializes fetches and fetch-and-record, so that a webhook and the poll timer never
@@ -136,7 +148,13 @@ pub struct Inner {
 }
 
 impl AppState {
-    pub fn new(config: ServerConfig, paths: Paths, store: Arc<dyn Store>, mirror: Mirror) -> Self {
+    pub fn new(
+        config: ServerConfig,
+        paths: Paths,
+        store: Arc<dyn Store>,
+        mirror: Mirror,
+        keys: Arc<LocalKeyring>,
+    ) -> Self {
         let logs = LogHub::new(store.clone(), paths.log_spool.clone());
         AppState(Arc::new(Inner {
             config,
@@ -144,6 +162,8 @@ impl AppState {
             store,
             mirror,
             logs,
+            keys,
+            secrets_write: tokio::sync::Mutex::new(()),
             wake_scheduler: Notify::new(),
             wake_watcher: Notify::new(),
             poll_lock: tokio::sync::Mutex::new(None),

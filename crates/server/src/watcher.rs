@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use plinth_core::CONFIG_FILE;
 use plinth_core::config::Config;
-use plinth_core::run::{lock_key, run_mode};
+use plinth_core::run::{RunMode, lock_key, run_mode};
 use plinth_core::time::Timestamp;
 use plinth_core::tree::Tree;
 use plinth_git::{ChangedOptions, ModuleCache, Repo};
@@ -151,6 +151,8 @@ async fn runs_for(
     only: Option<&str>,
     by_hand: bool,
 ) -> Result<Planned, String> {
+    // Which branch applies where comes from the main branch, not from this commit.
+    let policy = if by_hand { None } else { Some(crate::policy::current(state).await) };
     let git_dir = state.mirror.git_dir().to_path_buf();
     let cache = ModuleCache::at(state.paths.module_cache.clone());
     let commit = commit.to_owned();
@@ -196,6 +198,7 @@ async fn runs_for(
                 (stacks, report.waits_for, notes)
             }
         };
+        let mut policy_stacks = None;
         let mut runs = Vec::new();
         for (stack, wave) in stacks {
             let workspace = match (&stack.workspace, branch_owned.as_deref()) {
@@ -205,10 +208,37 @@ async fn runs_for(
                 }
                 (ws, branch) => ws.for_branch(branch),
             };
-            let mode = if by_hand {
-                plinth_core::run::RunMode::Plan
-            } else {
-                run_mode(&config, branch_owned.as_deref(), stack.environment.as_deref())
+            let mode = match &policy {
+                None => RunMode::Plan,
+                Some(Err(why)) => {
+                    notes.push(format!("`{}` plans only: cannot read the policy: {why}", stack.name));
+                    RunMode::Plan
+                }
+                Some(Ok(policy)) => {
+                    let mode = run_mode(&policy.config, branch_owned.as_deref(), stack.environment.as_deref());
+                    let on_main = branch_owned.as_deref() == Some(policy.config.main_branch.as_str());
+                    if mode == RunMode::Apply && !on_main {
+                        let on_policy = policy_stacks.get_or_insert_with(|| PolicyStacks::open(&repo, policy));
+                        match on_policy.environment_of(&stack.name) {
+                            Ok(Some(env)) if env != stack.environment => {
+                                notes.push(format!(
+                                    "`{}` plans only: this branch moves it from environment `{}` to `{}`, which applies once merged",
+                                    stack.name,
+                                    env.as_deref().unwrap_or("(none)"),
+                                    stack.environment.as_deref().unwrap_or("(none)")
+                                ));
+                                RunMode::Plan
+                            }
+                            Ok(_) => mode,
+                            Err(why) => {
+                                notes.push(format!("`{}` plans only: {why}", stack.name));
+                                RunMode::Plan
+                            }
+                        }
+                    } else {
+                        mode
+                    }
+                }
             };
             runs.push(NewRun {
                 lock_key: lock_key(&stack.name, workspace.as_deref()),
@@ -233,6 +263,35 @@ async fn runs_for(
     })
     .await
     .map_err(|e| format!("change detection failed: {e}"))?
+}
+
+/// The stacks of the main branch's plinth.toml, resolved on demand, to see whether a branch
+/// moved one into another environment.
+struct PolicyStacks<'r> {
+    tree: Result<(plinth_git::GitTree<'r>, Config), String>,
+}
+
+impl<'r> PolicyStacks<'r> {
+    fn open(repo: &'r Repo, policy: &crate::policy::Policy) -> Self {
+        let tree = repo
+            .resolve(&policy.commit)
+            .and_then(|id| repo.tree(Some(id)))
+            .map(|tree| (tree, policy.config.clone()))
+            .map_err(|e| format!("cannot read the main branch: {e}"));
+        PolicyStacks { tree }
+    }
+
+    /// The environment of the stack of that name on the main branch: `None` if it has none
+    /// there or does not exist there (a new stack).
+    fn environment_of(&self, name: &str) -> Result<Option<Option<String>>, String> {
+        let (tree, config) = self.tree.as_ref().map_err(Clone::clone)?;
+        let resolver = plinth_core::config::Resolver::new(config, tree).map_err(|e| first_line(&e.to_string()))?;
+        let Some(site) = resolver.site_named(name).map_err(|e| first_line(&e.to_string()))? else {
+            return Ok(None);
+        };
+        let stack = resolver.stack(&site).map_err(|e| first_line(&e.to_string()))?;
+        Ok(Some(stack.environment.clone()))
+    }
 }
 
 fn first_line(text: &str) -> String {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use plinth_core::ErrorCode;
 use plinth_core::run::{PlanSummary, Run, RunMode, RunStatus};
+use plinth_core::secret::Scope;
 use plinth_core::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +30,8 @@ pub enum StoreError {
     TokenExists(String),
     #[error("stored data is not readable: {0}")]
     Corrupt(String),
+    #[error("secret `{0}` was changed by someone else meanwhile")]
+    SecretChanged(String),
 }
 
 impl ErrorCode for StoreError {
@@ -39,12 +42,13 @@ impl ErrorCode for StoreError {
             StoreError::UnknownScheme(_) => "store.unknown_scheme",
             StoreError::TokenExists(_) => "token.exists",
             StoreError::Corrupt(_) => "store.corrupt",
+            StoreError::SecretChanged(_) => "secret.conflict",
         }
     }
 
     fn http_status(&self) -> u16 {
         match self {
-            StoreError::TokenExists(_) => 409,
+            StoreError::TokenExists(_) | StoreError::SecretChanged(_) => 409,
             _ => 500,
         }
     }
@@ -57,6 +61,7 @@ impl ErrorCode for StoreError {
             StoreError::Open { .. } => "Check that the data dir exists and is writable by the server's user.".into(),
             StoreError::UnknownScheme(_) => "Use a `sqlite://PATH` URL.".into(),
             StoreError::TokenExists(_) => "Pick another name, or revoke the existing token first.".into(),
+            StoreError::SecretChanged(_) => "Check `plinth secrets list`, then set the value again.".into(),
         }
     }
 }
@@ -209,6 +214,91 @@ pub struct AuditFilter {
     pub limit: Option<u32>,
 }
 
+/// A secret's identity: its environment, scope and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SecretKey {
+    pub environment: String,
+    pub scope: Scope,
+    pub name: String,
+}
+
+/// What anyone may know about a secret: everything but its value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMeta {
+    pub environment: String,
+    pub scope: Scope,
+    pub name: String,
+    pub version: i64,
+    /// Which master key wraps its data key (`local:…`, or a KMS key).
+    pub key_id: String,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub updated_by: String,
+    pub updated_at: Timestamp,
+}
+
+/// A secret's current version, sealed: its value encrypted under a data key of its own, and
+/// that data key wrapped by the master key. `Debug` shows sizes, never bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    pub id: i64,
+    pub meta: SecretMeta,
+    pub wrapped_key: Vec<u8>,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedSecret")
+            .field("id", &self.id)
+            .field("meta", &self.meta)
+            .field("wrapped_key_len", &self.wrapped_key.len())
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish()
+    }
+}
+
+/// A new version of a secret to store, already sealed.
+#[derive(Clone)]
+pub struct NewSecretVersion {
+    pub key: SecretKey,
+    /// The version this one replaces (`None` for a new secret); the write fails with
+    /// [`StoreError::SecretChanged`] if the stored version is another.
+    pub replaces: Option<i64>,
+    pub key_id: String,
+    pub wrapped_key: Vec<u8>,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub by: String,
+}
+
+impl std::fmt::Debug for NewSecretVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewSecretVersion")
+            .field("key", &self.key)
+            .field("replaces", &self.replaces)
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A data key wrapped again under another master key, for rotation.
+#[derive(Clone)]
+pub struct Rewrapped {
+    pub id: i64,
+    /// The key the row must still be wrapped with, or the update is skipped.
+    pub from_key_id: String,
+    pub key_id: String,
+    pub wrapped_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Rewrapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rewrapped").field("id", &self.id).field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
 /// What a start attempt found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Start {
@@ -271,6 +361,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     async fn append_audit(&self, entry: NewAudit, now: Timestamp) -> Result<AuditEntry>;
     async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>>;
+
+    /// The secrets of one environment (or all), without values, ordered by environment, scope
+    /// and name.
+    async fn secrets(&self, environment: Option<&str>) -> Result<Vec<SecretMeta>>;
+    /// One secret, sealed.
+    async fn secret(&self, key: &SecretKey) -> Result<Option<SealedSecret>>;
+    /// Every sealed secret of an environment: the candidates for a run or an instance there.
+    async fn sealed_secrets(&self, environment: &str) -> Result<Vec<SealedSecret>>;
+    /// Stores a new version of a secret, replacing the row's ciphertext.
+    async fn put_secret(&self, secret: NewSecretVersion, now: Timestamp) -> Result<SecretMeta>;
+    /// Deletes a secret; what it was, if it existed.
+    async fn remove_secret(&self, key: &SecretKey) -> Result<Option<SecretMeta>>;
+    /// Every secret's id, key id and wrapped data key, for rotation.
+    async fn wrapped_keys(&self) -> Result<Vec<(i64, String, Vec<u8>)>>;
+    /// Replaces wrapped data keys in one transaction; rows no longer wrapped with `from_key_id`
+    /// are left alone. Returns how many rows changed.
+    async fn rewrap_secrets(&self, rows: &[Rewrapped]) -> Result<usize>;
+    /// How many secrets' data keys `key_id` wraps.
+    async fn secrets_wrapped_by(&self, key_id: &str) -> Result<u64>;
 
     /// Closes the connections once the work in flight is done; for a clean stop (SQLite folds
     /// its write-ahead log back into the database file).

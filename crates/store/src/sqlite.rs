@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use plinth_core::run::{PlanSummary, Run, RunMode, RunStatus};
+use plinth_core::secret::Scope;
 use plinth_core::time::Timestamp;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
 use crate::{
-    AuditEntry, AuditFilter, Event, Lock, LogLine, NewAudit, NewEvent, NewRun, NewToken, Recorded, Result, RunFilter,
-    RunPatch, Start, Store, StoreError, Token, UnlockOutcome,
+    AuditEntry, AuditFilter, Event, Lock, LogLine, NewAudit, NewEvent, NewRun, NewSecretVersion, NewToken, Recorded,
+    Result, Rewrapped, RunFilter, RunPatch, SealedSecret, SecretKey, SecretMeta, Start, Store, StoreError, Token,
+    UnlockOutcome,
 };
 
 /// plinth's state in a SQLite file.
@@ -108,6 +110,36 @@ fn audit_from_row(row: &SqliteRow) -> Result<AuditEntry> {
     })
 }
 
+const SECRET_META: &str =
+    "environment, scope_kind, scope_name, name, version, key_id, created_by, created_at, updated_by, updated_at";
+
+fn secret_meta_from_row(row: &SqliteRow) -> Result<SecretMeta> {
+    let kind: String = row.try_get("scope_kind")?;
+    let target: String = row.try_get("scope_name")?;
+    Ok(SecretMeta {
+        environment: row.try_get("environment")?,
+        scope: Scope::from_parts(&kind, &target)
+            .ok_or_else(|| StoreError::Corrupt(format!("secret scope `{kind}` is not one plinth knows")))?,
+        name: row.try_get("name")?,
+        version: row.try_get("version")?,
+        key_id: row.try_get("key_id")?,
+        created_by: row.try_get("created_by")?,
+        created_at: Timestamp(row.try_get("created_at")?),
+        updated_by: row.try_get("updated_by")?,
+        updated_at: Timestamp(row.try_get("updated_at")?),
+    })
+}
+
+fn sealed_from_row(row: &SqliteRow) -> Result<SealedSecret> {
+    Ok(SealedSecret {
+        id: row.try_get("id")?,
+        meta: secret_meta_from_row(row)?,
+        wrapped_key: row.try_get("wrapped_key")?,
+        nonce: row.try_get("nonce")?,
+        ciphertext: row.try_get("ciphertext")?,
+    })
+}
+
 fn json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Database(format!("encoding JSON: {e}")))
 }
@@ -121,7 +153,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Deleted and replaced rows (old secret ciphertexts among them) are overwritten with
+            // zeros, not left in free pages.
+            .pragma("secure_delete", "ON");
         let open_error = |e: &dyn std::fmt::Display| StoreError::Open {
             url: format!("sqlite://{}", path.display()),
             reason: e.to_string(),
@@ -612,6 +647,152 @@ impl Store for SqliteStore {
         .fetch_one(&self.pool)
         .await?;
         audit_from_row(&row)
+    }
+
+    async fn secrets(&self, environment: Option<&str>) -> Result<Vec<SecretMeta>> {
+        let rows = sqlx::query(sql_text(format!(
+            "SELECT {SECRET_META} FROM secrets WHERE (?1 IS NULL OR environment = ?1) \
+             ORDER BY environment, scope_kind, scope_name, name"
+        )))
+        .bind(environment)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(secret_meta_from_row).collect()
+    }
+
+    async fn secret(&self, key: &SecretKey) -> Result<Option<SealedSecret>> {
+        let row = sqlx::query(sql_text(format!(
+            "SELECT id, {SECRET_META}, wrapped_key, nonce, ciphertext FROM secrets \
+             WHERE environment = ? AND scope_kind = ? AND scope_name = ? AND name = ?"
+        )))
+        .bind(&key.environment)
+        .bind(key.scope.kind())
+        .bind(key.scope.target())
+        .bind(&key.name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(sealed_from_row).transpose()
+    }
+
+    async fn sealed_secrets(&self, environment: &str) -> Result<Vec<SealedSecret>> {
+        let rows = sqlx::query(sql_text(format!(
+            "SELECT id, {SECRET_META}, wrapped_key, nonce, ciphertext FROM secrets WHERE environment = ? \
+             ORDER BY scope_kind, scope_name, name"
+        )))
+        .bind(environment)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sealed_from_row).collect()
+    }
+
+    async fn put_secret(&self, secret: NewSecretVersion, now: Timestamp) -> Result<SecretMeta> {
+        let key = &secret.key;
+        let mut tx = self.write().await?;
+        let current: Option<i64> = sqlx::query(
+            "SELECT version FROM secrets WHERE environment = ? AND scope_kind = ? AND scope_name = ? AND name = ?",
+        )
+        .bind(&key.environment)
+        .bind(key.scope.kind())
+        .bind(key.scope.target())
+        .bind(&key.name)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| row.try_get("version"))
+        .transpose()?;
+        if current != secret.replaces {
+            return Err(StoreError::SecretChanged(key.name.clone()));
+        }
+        let row = match current {
+            None => {
+                sqlx::query(sql_text(format!(
+                    "INSERT INTO secrets (environment, scope_kind, scope_name, name, version, key_id, wrapped_key, \
+                     nonce, ciphertext, created_by, created_at, updated_by, updated_at) \
+                     VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {SECRET_META}"
+                )))
+                .bind(&key.environment)
+                .bind(key.scope.kind())
+                .bind(key.scope.target())
+                .bind(&key.name)
+                .bind(&secret.key_id)
+                .bind(&secret.wrapped_key)
+                .bind(&secret.nonce)
+                .bind(&secret.ciphertext)
+                .bind(&secret.by)
+                .bind(now.0)
+                .bind(&secret.by)
+                .bind(now.0)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+            Some(version) => {
+                sqlx::query(sql_text(format!(
+                    "UPDATE secrets SET version = ?, key_id = ?, wrapped_key = ?, nonce = ?, ciphertext = ?, \
+                     updated_by = ?, updated_at = ? \
+                     WHERE environment = ? AND scope_kind = ? AND scope_name = ? AND name = ? RETURNING {SECRET_META}"
+                )))
+                .bind(version + 1)
+                .bind(&secret.key_id)
+                .bind(&secret.wrapped_key)
+                .bind(&secret.nonce)
+                .bind(&secret.ciphertext)
+                .bind(&secret.by)
+                .bind(now.0)
+                .bind(&key.environment)
+                .bind(key.scope.kind())
+                .bind(key.scope.target())
+                .bind(&key.name)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+        };
+        let meta = secret_meta_from_row(&row)?;
+        tx.commit().await?;
+        Ok(meta)
+    }
+
+    async fn remove_secret(&self, key: &SecretKey) -> Result<Option<SecretMeta>> {
+        let row = sqlx::query(sql_text(format!(
+            "DELETE FROM secrets WHERE environment = ? AND scope_kind = ? AND scope_name = ? AND name = ? \
+             RETURNING {SECRET_META}"
+        )))
+        .bind(&key.environment)
+        .bind(key.scope.kind())
+        .bind(key.scope.target())
+        .bind(&key.name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(secret_meta_from_row).transpose()
+    }
+
+    async fn wrapped_keys(&self) -> Result<Vec<(i64, String, Vec<u8>)>> {
+        let rows = sqlx::query("SELECT id, key_id, wrapped_key FROM secrets ORDER BY id").fetch_all(&self.pool).await?;
+        rows.iter().map(|row| Ok((row.try_get("id")?, row.try_get("key_id")?, row.try_get("wrapped_key")?))).collect()
+    }
+
+    async fn rewrap_secrets(&self, rows: &[Rewrapped]) -> Result<usize> {
+        let mut tx = self.write().await?;
+        let mut changed = 0;
+        for row in rows {
+            let done = sqlx::query("UPDATE secrets SET key_id = ?, wrapped_key = ? WHERE id = ? AND key_id = ?")
+                .bind(&row.key_id)
+                .bind(&row.wrapped_key)
+                .bind(row.id)
+                .bind(&row.from_key_id)
+                .execute(&mut *tx)
+                .await?;
+            changed += done.rows_affected() as usize;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn secrets_wrapped_by(&self, key_id: &str) -> Result<u64> {
+        let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM secrets WHERE key_id = ?")
+            .bind(key_id)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        Ok(count.max(0) as u64)
     }
 
     async fn close(&self) {

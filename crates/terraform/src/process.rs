@@ -571,7 +571,7 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
 }
 
 /// How many bytes at the end of `bytes` start a UTF-8 character that is not complete.
-fn incomplete_utf8_tail(bytes: &[u8]) -> usize {
+pub(crate) fn incomplete_utf8_tail(bytes: &[u8]) -> usize {
     for back in 1..=bytes.len().min(3) {
         let byte = bytes[bytes.len() - back];
         if byte & 0xC0 != 0x80 {

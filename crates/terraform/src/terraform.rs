@@ -5,13 +5,14 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use plinth_core::redact::{Redactor, StreamRedactor};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::error::TerraformError;
 use crate::plan::{PlanOutcome, PlanSummary};
-use crate::process::{self, Ending, EnvNames, Exit, OutputLine, ProcessError, ProcessSpec, Sink, Stream};
+use crate::process::{self, Ending, EnvNames, Exit, MAX_LINE, OutputLine, ProcessError, ProcessSpec, Sink, Stream};
 
 /// A terraform binary and the environment every run of it gets (see [`crate::base_env`]).
 #[derive(Clone)]
@@ -44,6 +45,10 @@ pub struct Invocation<'a> {
     /// when the call returns, and pass the ones still recorded at start-up to
     /// [`crate::kill_group`]. Called on the thread that polls the call: keep it quick.
     pub on_spawn: Option<&'a (dyn Fn(u32) + Send + Sync)>,
+    /// Masks secret values in everything sent to `output`, even when a value is split between
+    /// two reads. The JSON that `show` and `output` capture is not masked: it is parsed, and
+    /// what the caller shows of it is the caller's to mask.
+    pub redactor: Option<&'a Redactor>,
 }
 
 impl fmt::Debug for Invocation<'_> {
@@ -54,6 +59,7 @@ impl fmt::Debug for Invocation<'_> {
             .field("cancelled", &self.cancel.is_cancelled())
             .field("grace", &self.grace)
             .field("on_spawn", &self.on_spawn.is_some())
+            .field("redactor", &self.redactor)
             .finish_non_exhaustive()
     }
 }
@@ -173,15 +179,19 @@ impl Terraform {
             dir: ctx.dir.to_owned(),
             env: self.env.iter().chain(ctx.extra_env).cloned().collect(),
         };
-        let mut sink = TerraformSink { output: ctx.output, stdout, captured: Vec::new(), lock: LockScan::default() };
-        let finished =
-            process::run_with(&spec, &mut sink, ctx.cancel, ctx.grace, ctx.on_spawn).await.map_err(|e| match e {
-                ProcessError::NotFound { program } => TerraformError::NotFound { binary: program },
-                ProcessError::NoDir { dir } => TerraformError::NoDir { dir },
-                e @ (ProcessError::Spawn { .. } | ProcessError::Wait { .. }) => {
-                    TerraformError::Start { command: command.clone(), reason: e.to_string() }
-                }
-            })?;
+        let redacting = ctx.redactor.filter(|r| !r.is_empty()).map(|r| [RedactedLines::new(r), RedactedLines::new(r)]);
+        let mut sink =
+            TerraformSink { output: ctx.output, stdout, captured: Vec::new(), lock: LockScan::default(), redacting };
+        let finished = process::run_with(&spec, &mut sink, ctx.cancel, ctx.grace, ctx.on_spawn).await;
+        // Whatever was held back waiting to see if it was a secret goes out now, masked.
+        sink.finish();
+        let finished = finished.map_err(|e| match e {
+            ProcessError::NotFound { program } => TerraformError::NotFound { binary: program },
+            ProcessError::NoDir { dir } => TerraformError::NoDir { dir },
+            e @ (ProcessError::Spawn { .. } | ProcessError::Wait { .. }) => {
+                TerraformError::Start { command: command.clone(), reason: e.to_string() }
+            }
+        })?;
         debug!(command = %command, exit = %finished.exit, ending = ?finished.ending, "Terraform finished.");
         if finished.ending == Ending::Killed {
             return Err(TerraformError::Killed { command, grace: ctx.grace });
@@ -228,13 +238,34 @@ fn shell_quote(word: &str) -> String {
     if plain { word.to_owned() } else { format!("'{}'", word.replace('\'', r"'\''")) }
 }
 
-/// Sends terraform's output on, keeps stdout when it is JSON to parse, and watches stderr
-/// for the state-lock error.
+/// Sends terraform's output on (masked, when there are secrets), keeps stdout when it is JSON
+/// to parse, and watches stderr for the state-lock error.
 struct TerraformSink<'a> {
     output: &'a UnboundedSender<OutputLine>,
     stdout: Stdout,
     captured: Vec<u8>,
     lock: LockScan,
+    /// One per stream: stdout, stderr.
+    redacting: Option<[RedactedLines<'a>; 2]>,
+}
+
+impl TerraformSink<'_> {
+    fn send(output: &UnboundedSender<OutputLine>, lock: &mut LockScan, stream: Stream, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        if stream == Stream::Stderr {
+            lock.line(&text);
+        }
+        let _ = output.send(OutputLine { stream, text });
+    }
+
+    fn finish(&mut self) {
+        let (output, lock) = (self.output, &mut self.lock);
+        if let Some(redacting) = &mut self.redacting {
+            for (lines, stream) in redacting.iter_mut().zip([Stream::Stdout, Stream::Stderr]) {
+                lines.finish(&mut |bytes| Self::send(output, lock, stream, bytes));
+            }
+        }
+    }
 }
 
 impl Sink for TerraformSink<'_> {
@@ -246,11 +277,59 @@ impl Sink for TerraformSink<'_> {
             }
             return;
         }
-        let text = String::from_utf8_lossy(bytes).into_owned();
-        if stream == Stream::Stderr {
-            self.lock.line(&text);
+        let (output, lock) = (self.output, &mut self.lock);
+        match &mut self.redacting {
+            Some(redacting) => {
+                let lines = &mut redacting[usize::from(stream == Stream::Stderr)];
+                lines.feed(bytes, newline, &mut |bytes| Self::send(output, lock, stream, bytes));
+            }
+            None => Self::send(output, lock, stream, bytes),
         }
-        let _ = self.output.send(OutputLine { stream, text });
+    }
+}
+
+/// A stream's lines, masked: bytes go through a [`StreamRedactor`] and come out as lines again
+/// (a line longer than [`MAX_LINE`] in pieces, as [`process`] hands them over).
+struct RedactedLines<'r> {
+    redactor: StreamRedactor<&'r Redactor>,
+    line: Vec<u8>,
+}
+
+impl<'r> RedactedLines<'r> {
+    fn new(redactor: &'r Redactor) -> Self {
+        RedactedLines { redactor: StreamRedactor::new(redactor), line: Vec::new() }
+    }
+
+    fn feed(&mut self, bytes: &[u8], newline: bool, emit: &mut dyn FnMut(&[u8])) {
+        let mut out = self.redactor.push(bytes);
+        if newline {
+            out.extend(self.redactor.push(b"\n"));
+        }
+        self.take(&out, emit);
+    }
+
+    fn finish(&mut self, emit: &mut dyn FnMut(&[u8])) {
+        let out = self.redactor.finish();
+        self.take(&out, emit);
+        if !self.line.is_empty() {
+            emit(&std::mem::take(&mut self.line));
+        }
+    }
+
+    fn take(&mut self, out: &[u8], emit: &mut dyn FnMut(&[u8])) {
+        let mut parts = out.split(|b| *b == b'\n').peekable();
+        while let Some(part) = parts.next() {
+            self.line.extend_from_slice(part);
+            while self.line.len() > MAX_LINE {
+                let mut cut = MAX_LINE;
+                cut -= process::incomplete_utf8_tail(&self.line[..cut]);
+                let rest = self.line.split_off(cut);
+                emit(&std::mem::replace(&mut self.line, rest));
+            }
+            if parts.peek().is_some() {
+                emit(&std::mem::take(&mut self.line));
+            }
+        }
     }
 }
 
@@ -301,11 +380,54 @@ mod tests {
             cancel: &cancel,
             grace: Duration::ZERO,
             on_spawn: Some(&on_spawn),
+            redactor: None,
         };
         send(tf.plan(&ctx, Path::new("p"), false));
         send(tf.apply(&ctx, Path::new("p")));
         let spec = ProcessSpec { program: "true".into(), args: vec![], dir: ".".into(), env: vec![] };
         send(process::run(&spec, &output, &cancel, Duration::ZERO, Some(&on_spawn)));
+    }
+
+    /// Feeds `pieces` (bytes, newline) through a `RedactedLines` and returns the lines it emits.
+    fn redacted(redactor: &Redactor, pieces: &[(&[u8], bool)]) -> Vec<Vec<u8>> {
+        let mut lines = RedactedLines::new(redactor);
+        let mut out = Vec::new();
+        for (bytes, newline) in pieces {
+            lines.feed(bytes, *newline, &mut |line| out.push(line.to_vec()));
+        }
+        lines.finish(&mut |line| out.push(line.to_vec()));
+        out
+    }
+
+    #[test]
+    fn a_value_across_the_piece_boundary_of_a_long_line_is_masked() {
+        let secret = "tok-0123456789-abcdef";
+        let redactor = Redactor::new([secret]).unwrap();
+        // The reader hands a long line over in MAX_LINE pieces; put the value across the cut.
+        for at in 1..secret.len() {
+            let mut line = vec![b'a'; MAX_LINE - at];
+            line.extend_from_slice(secret.as_bytes());
+            line.extend_from_slice(b" tail");
+            let (first, second) = line.split_at(MAX_LINE);
+            let out = redacted(&redactor, &[(first, false), (second, true)]);
+            let joined: Vec<u8> = out.concat();
+            let expected = [vec![b'a'; MAX_LINE - at], b"*** tail".to_vec()].concat();
+            assert_eq!(joined, expected, "value at {at} bytes before the cut");
+            assert!(out.iter().all(|l| l.len() <= MAX_LINE));
+        }
+    }
+
+    #[test]
+    fn lines_without_a_pending_value_come_out_at_once_and_in_order() {
+        let redactor = Redactor::new(["tok-0123456789"]).unwrap();
+        let mut lines = RedactedLines::new(&redactor);
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        lines.feed(b"one", true, &mut |l| out.push(l.to_vec()));
+        assert_eq!(out, [b"one".to_vec()]);
+        lines.feed(b"a tok-0123456789 b", true, &mut |l| out.push(l.to_vec()));
+        lines.feed(b"last, no newline", false, &mut |l| out.push(l.to_vec()));
+        lines.finish(&mut |l| out.push(l.to_vec()));
+        assert_eq!(out, [b"one".to_vec(), b"a *** b".to_vec(), b"last, no newline".to_vec()]);
     }
 
     fn scan(text: &str) -> LockScan {

@@ -5,6 +5,7 @@ pub mod check;
 pub mod init;
 pub mod quickstart;
 pub mod runs;
+pub mod secrets;
 pub mod server;
 mod source;
 

@@ -34,6 +34,10 @@ pub struct Args {
     /// How long a shutdown waits for running Terraform before interrupting it.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// The master key that wraps every secret's data key (created, mode 0600, if absent).
+    /// Defaults to `<data-dir>/master.key`; keep it, and its backups, apart from the data dir's.
+    #[arg(long)]
+    master_key_file: Option<PathBuf>,
 }
 
 fn fail(code: &'static str, message: String, help: &str) -> Failure {
@@ -67,6 +71,7 @@ pub fn run(args: Args) -> Outcome {
     config.concurrency = usize::from(args.concurrency);
     config.webhook_secret = webhook_secret;
     config.shutdown_grace = args.shutdown_grace;
+    config.master_key_file = args.master_key_file.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -10,6 +10,7 @@ mod history;
 mod init;
 mod mapping;
 mod quickstart;
+mod secrets;
 mod seeds;
 mod server;
 mod server_runs;

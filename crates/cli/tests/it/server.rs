@@ -458,7 +458,10 @@ fn seed_000_releases_to_stg_and_waits_for_an_sre_to_release_to_prd() {
     let state = std::fs::read_to_string(server.data_dir().join("state/app%2Fstg/terraform.tfstate")).unwrap();
     assert!(state.contains("\"app-stg\""), "{state}");
     assert!(!server.data_dir().join(format!("workspaces/{stg}")).exists());
-    assert!(server.data_dir().join(format!("workspaces/{prd}/plan.tfplan")).exists(), "prd's plan waits");
+    assert!(
+        server.data_dir().join(format!("workspaces/{prd}/plan.tfplan.sealed")).exists(),
+        "prd's plan waits, sealed"
+    );
 
     let listed = server.admin(&["runs", "list", "--output", "json"]).success().json();
     let listed = listed["runs"].as_array().unwrap();

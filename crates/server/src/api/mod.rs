@@ -5,6 +5,7 @@
 mod audit;
 mod hooks;
 mod runs;
+mod secrets;
 mod stacks;
 mod tokens;
 
@@ -13,7 +14,7 @@ use axum::extract::{FromRequest, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use serde::de::DeserializeOwned;
 
 use crate::auth::hash_secret;
@@ -38,6 +39,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/tokens"),
     ("DELETE", "/api/v1/tokens/{name}"),
     ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/secrets"),
+    ("POST", "/api/v1/secrets/rotate-master-key"),
+    ("PUT", "/api/v1/environments/{environment}/secrets/{name}"),
+    ("DELETE", "/api/v1/environments/{environment}/secrets/{name}"),
     ("POST", "/hooks/github"),
 ];
 
@@ -61,6 +66,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{name}", delete(tokens::revoke))
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/secrets", get(secrets::list))
+        .route("/api/v1/secrets/rotate-master-key", post(secrets::rotate))
+        .route("/api/v1/environments/{environment}/secrets/{name}", put(secrets::set).delete(secrets::remove))
         .route("/hooks/github", post(hooks::github))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -123,6 +131,25 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
                 "api.bad_path",
                 format!("the path is not valid: {}", e.body_text()),
                 "Path parameters are run ids and names in UTF-8, percent-encoded.",
+            )),
+        }
+    }
+}
+
+/// Two path parameters as text, such as an environment and a secret's name.
+#[derive(Debug)]
+pub struct PathPair(pub String, pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathPair {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<(String, String)>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path((a, b))) => Ok(PathPair(a, b)),
+            Err(e) => Err(ApiError::bad_request(
+                "api.bad_path",
+                format!("the path is not valid: {}", e.body_text()),
+                "Path parameters are names in UTF-8, percent-encoded.",
             )),
         }
     }

@@ -171,6 +171,7 @@ async fn force_unlock_state(
         dir: &stack_dir,
         extra_env: &extra,
         output: &tx,
+        redactor: None,
         cancel: &cancel,
         grace: state.config.terraform_grace,
         on_spawn: None,

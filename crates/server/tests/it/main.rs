@@ -5,6 +5,7 @@
 
 mod harness;
 mod runs;
+mod secrets;
 mod security;
 mod shutdown;
 mod triggers;

@@ -78,10 +78,9 @@ async fn production_waits_for_an_approver() {
     let runs = server.settle(&commit, 2).await;
     let prd = runs.iter().find(|r| r.stack == "app/prd").unwrap().clone();
     assert_eq!(prd.status, RunStatus::AwaitingApproval);
-    assert!(
-        server.data_path().join(format!("workspaces/{}/plan.tfplan", prd.id)).exists(),
-        "the plan is kept while waiting"
-    );
+    let workspace = server.data_path().join(format!("workspaces/{}", prd.id));
+    assert!(workspace.join("plan.tfplan.sealed").exists(), "the plan is kept while waiting, encrypted");
+    assert!(!workspace.join("plan.tfplan").exists(), "and not in plaintext");
 
     let path = format!("/api/v1/runs/{}/approve", prd.id);
     // A developer may read the run but not approve it: the answer names who may.

@@ -4,27 +4,7 @@
 
 use serde_json::json;
 
-use crate::harness::{Server, empty_repo};
-
-/// Whether any file under `dir` contains `needle`.
-fn found_in_files(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
-    let mut hits = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(&path).unwrap() {
-                pending.push(entry.unwrap().path());
-            }
-        } else if meta.is_file() {
-            let bytes = std::fs::read(&path).unwrap();
-            if bytes.windows(needle.len()).any(|w| w == needle) {
-                hits.push(path.display().to_string());
-            }
-        }
-    }
-    hits
-}
+use crate::harness::{Server, empty_repo, files_holding};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_needs_a_token_and_secrets_are_stored_hashed() {
@@ -73,7 +53,7 @@ async fn every_call_needs_a_token_and_secrets_are_stored_hashed() {
 
     // No secret sits anywhere in the data dir in plaintext.
     for secret in [&server.admin, &dev] {
-        let hits: Vec<String> = found_in_files(&server.data_path(), secret.as_bytes())
+        let hits: Vec<String> = files_holding(&server.data_path(), secret.as_bytes())
             .into_iter()
             .filter(|h| !h.ends_with("admin.token"))
             .collect();

@@ -80,6 +80,7 @@ impl Harness {
             cancel: &self.cancel,
             grace: Duration::from_secs(5),
             on_spawn: None,
+            redactor: None,
         }
     }
 

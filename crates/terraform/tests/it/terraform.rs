@@ -398,3 +398,41 @@ async fn the_version_is_read_from_json() {
     let err = fake.version(&h.at(&dir, &[])).await.unwrap_err();
     assert!(matches!(&err, TerraformError::BadJson { .. }), "{err:?}");
 }
+
+/// Prints the secret in two writes of one line, and in base64. (Terraform drops provisioner
+/// lines longer than 64 KiB itself, so a value split at the reader's piece boundary is covered by
+/// the unit tests of the sink.)
+const PRINTS_A_SECRET: &str = r#"
+resource "terraform_data" "leak" {
+  provisioner "local-exec" {
+    command = "printf 'half=%s' \"$(printf %s \"$TOKEN\" | cut -c1-9)\"; printf '%s-end\\n' \"$(printf %s \"$TOKEN\" | cut -c10-)\"; printf %s \"$TOKEN\" | base64"
+  }
+}
+"#;
+
+#[tokio::test]
+async fn a_redactor_masks_secrets_even_across_reads() {
+    const TOKEN: &str = "tok-0123456789-abcdef";
+    let sandbox = Sandbox::stack(PRINTS_A_SECRET);
+    let tf = sandbox.terraform();
+    let h = Harness::new();
+    let dir = sandbox.dir();
+    let extra = env(&[("TOKEN", TOKEN)]);
+    let redactor = plinth_core::redact::Redactor::new([TOKEN]).unwrap();
+    let ctx = Invocation { redactor: Some(&redactor), ..h.at(&dir, &extra) };
+    let plan_file = sandbox.path("plan.tfplan");
+    tf.init(&ctx).await.unwrap();
+    tf.plan(&ctx, &plan_file, false).await.unwrap();
+    tf.apply(&ctx, &plan_file).await.unwrap();
+
+    let lines = h.lines();
+    let out = texts(&lines, Stream::Stdout);
+    assert!(out.iter().any(|l| l.ends_with("(local-exec): half=***-end")), "{out:?}");
+    assert!(out.iter().any(|l| l.ends_with("(local-exec): ***")), "the base64 line: {out:?}");
+    for line in &lines {
+        for window in TOKEN.as_bytes().windows(5) {
+            let fragment = std::str::from_utf8(window).unwrap();
+            assert!(!line.text.contains(fragment), "`{fragment}` of the secret shows in {:?}", line.text);
+        }
+    }
+}
