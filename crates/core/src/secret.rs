@@ -169,11 +169,20 @@ pub fn may_receive(policy: &Config, branch: Option<&str>, environment: Option<&s
 /// and the stack's own, the stack's winning where both have a name. `scoped` yields the scope
 /// and name of each candidate, in any order; returns the indexes of the chosen ones.
 pub fn for_stack<'a>(stack: &str, scoped: impl IntoIterator<Item = (&'a Scope, &'a str)>) -> Vec<usize> {
+    choose(&Scope::Stack(stack.to_owned()), scoped)
+}
+
+/// The same for a service's instances: environment-wide secrets and the service's own.
+pub fn for_service<'a>(service: &str, scoped: impl IntoIterator<Item = (&'a Scope, &'a str)>) -> Vec<usize> {
+    choose(&Scope::Service(service.to_owned()), scoped)
+}
+
+fn choose<'a>(target: &Scope, scoped: impl IntoIterator<Item = (&'a Scope, &'a str)>) -> Vec<usize> {
     let mut chosen: std::collections::BTreeMap<&str, (usize, bool)> = std::collections::BTreeMap::new();
     for (i, (scope, name)) in scoped.into_iter().enumerate() {
         let specific = match scope {
             Scope::Environment => false,
-            Scope::Stack(s) if s == stack => true,
+            own if own == target => true,
             _ => continue,
         };
         match chosen.get(name) {
@@ -223,6 +232,8 @@ mod tests {
         let rows = [(&app, "TOKEN"), (&env, "TOKEN"), (&env, "REGION"), (&other, "DB"), (&svc, "X")];
         let chosen = for_stack("app/prd", rows.iter().map(|(s, n)| (*s, *n)));
         assert_eq!(chosen, vec![2, 0]);
+        let chosen = for_service("api", rows.iter().map(|(s, n)| (*s, *n)));
+        assert_eq!(chosen, vec![2, 1, 4]);
     }
 
     #[test]

@@ -88,6 +88,8 @@ pub struct Prepared {
     /// The admin token's secret, on the very first start only. It is also written to
     /// `<data-dir>/admin.token` with mode 0600.
     pub admin_token: Option<String>,
+    /// The master key file, when this start created it: it must be backed up.
+    pub master_key_created: Option<std::path::PathBuf>,
 }
 
 /// Sets everything up; nothing is served or run yet.
@@ -101,7 +103,8 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     }
     let store = plinth_store::open(&format!("sqlite://{}", paths.database.display())).await?;
     let key_file = config.master_key_file.clone().unwrap_or_else(|| paths.master_key.clone());
-    let keys = open_keyring(key_file).await?;
+    let (keys, created) = open_keyring(key_file.clone()).await?;
+    let master_key_created = created.then_some(key_file);
     let mirror = Mirror::open_or_clone(&config.repo, &paths.mirror, config.git_timeout).await?;
     let state = AppState::new(config, paths, store, mirror, keys);
     secrets::finish_pending_rotation(&state).await.map_err(|e| ServerError::Rotation(e.message))?;
@@ -112,23 +115,23 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     if let Err(e) = watcher::poll_once(&state, "poll").await {
         tracing::warn!(code = e.code, error = %e.message, "The first poll failed; polling goes on.");
     }
-    Ok(Prepared { state, admin_token })
+    Ok(Prepared { state, admin_token, master_key_created })
 }
 
 /// Opens the master key file, creating it (mode 0600) on the first start.
-async fn open_keyring(path: std::path::PathBuf) -> Result<std::sync::Arc<plinth_secrets::LocalKeyring>, ServerError> {
+/// Returns the keyring, and whether its file was created just now.
+async fn open_keyring(
+    path: std::path::PathBuf,
+) -> Result<(std::sync::Arc<plinth_secrets::LocalKeyring>, bool), ServerError> {
     let shown = path.display().to_string();
     let (keys, opened) = tokio::task::spawn_blocking(move || plinth_secrets::LocalKeyring::open(&path))
         .await
         .map_err(|e| ServerError::Rotation(e.to_string()))??;
     match opened {
-        plinth_secrets::Opened::Created => tracing::warn!(
-            file = %shown,
-            "Created a new master key. Back it up apart from the data dir: without it no secret can be read."
-        ),
+        plinth_secrets::Opened::Created => tracing::info!(file = %shown, "Created a new master key."),
         plinth_secrets::Opened::Existing => tracing::info!(file = %shown, "Opened the master key."),
     }
-    Ok(std::sync::Arc::new(keys))
+    Ok((std::sync::Arc::new(keys), opened == plinth_secrets::Opened::Created))
 }
 
 /// On the first start (no token ever made), creates the admin token.

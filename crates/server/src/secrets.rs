@@ -185,15 +185,36 @@ impl std::fmt::Debug for Handed {
 /// The secrets a run of its stack gets, decrypted, if its branch releases to its environment
 /// under the main branch's policy. Each handing is audited: which secrets, which run, when.
 pub async fn for_run(state: &AppState, run: &Run, phase: &str) -> Result<Handed, String> {
-    let Some(environment) = run.environment.as_deref() else { return Ok(Handed::default()) };
+    let to = Recipient {
+        stack: &run.stack,
+        environment: run.environment.as_deref(),
+        branch: run.branch.as_deref(),
+        object: format!("run/{}", run.id),
+    };
+    hand(state, &to, phase).await
+}
+
+/// Who gets secrets: a stack's terraform, working for a branch, recorded in the audit log as
+/// `object`.
+#[derive(Debug)]
+pub struct Recipient<'a> {
+    pub stack: &'a str,
+    pub environment: Option<&'a str>,
+    pub branch: Option<&'a str>,
+    pub object: String,
+}
+
+/// The secrets a stack's terraform gets (see [`for_run`]).
+pub async fn hand(state: &AppState, to: &Recipient<'_>, phase: &str) -> Result<Handed, String> {
+    let Some(environment) = to.environment else { return Ok(Handed::default()) };
     let rows = state.store.sealed_secrets(environment).await.map_err(|e| e.to_string())?;
-    let chosen = secret::for_stack(&run.stack, rows.iter().map(|r| (&r.meta.scope, r.meta.name.as_str())));
+    let chosen = secret::for_stack(to.stack, rows.iter().map(|r| (&r.meta.scope, r.meta.name.as_str())));
     if chosen.is_empty() {
         return Ok(Handed::default());
     }
     let policy = crate::policy::current(state).await?;
-    if !secret::may_receive(&policy.config, run.branch.as_deref(), Some(environment)) {
-        let why = match &run.branch {
+    if !secret::may_receive(&policy.config, to.branch, Some(environment)) {
+        let why = match to.branch {
             Some(branch) => format!("branch `{branch}` does not release to `{environment}`"),
             None => format!("a plan of a bare commit gets no secrets; plan a branch that releases to `{environment}`"),
         };
@@ -223,11 +244,11 @@ pub async fn for_run(state: &AppState, run: &Run, phase: &str) -> Result<Handed,
     let entry = NewAudit {
         actor: "plinth".into(),
         action: "secret.hand".into(),
-        object: format!("run/{}", run.id),
+        object: to.object.clone(),
         result: "ok".into(),
         details: serde_json::json!({
             "environment": environment,
-            "stack": run.stack,
+            "stack": to.stack,
             "phase": phase,
             "secrets": handed,
         }),

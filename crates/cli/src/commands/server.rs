@@ -87,6 +87,12 @@ pub fn run(args: Args) -> Outcome {
         let prepared = plinth_server::prepare(config).await.map_err(|e| Failure::coded(&e, Format::Text))?;
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         outln!("plinth is serving http://{addr} for {}", args.repo);
+        if let Some(key) = &prepared.master_key_created {
+            outln!(
+                "Created the master key that encrypts secrets: {}. Back it up, apart from the data dir's backups; without it no secret can be read.",
+                key.display()
+            );
+        }
         if let Some(secret) = &prepared.admin_token {
             outln!(
                 "This is the first start. The admin token (shown once, also in {}):",

@@ -166,12 +166,23 @@ async fn force_unlock_state(
     let terraform = Terraform::new(found.terraform.clone(), env);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
-    let extra = vec![("TF_VAR_plinth_state_dir".to_owned(), state.paths.state.display().to_string())];
+    // The backend may need credentials to release its lock: the stack's secrets, as a run on
+    // the main branch would get them.
+    let main = crate::policy::current(state).await.map(|p| p.config.main_branch).ok();
+    let to = crate::secrets::Recipient {
+        stack,
+        environment: found.environment.as_deref(),
+        branch: main.as_deref(),
+        object: format!("stack/{stack}/force-unlock"),
+    };
+    let handed = crate::secrets::hand(state, &to, "force-unlock").await.map_err(ApiError::internal)?;
+    let mut extra = vec![("TF_VAR_plinth_state_dir".to_owned(), state.paths.state.display().to_string())];
+    extra.extend(handed.env.iter().cloned());
     let ctx = Invocation {
         dir: &stack_dir,
         extra_env: &extra,
         output: &tx,
-        redactor: None,
+        redactor: handed.redactor.as_deref(),
         cancel: &cancel,
         grace: state.config.terraform_grace,
         on_spawn: None,

@@ -221,6 +221,25 @@ async fn secrets_reach_only_their_runs_masked_and_survive_rotation() {
     }
     server.repo.git(&["checkout", "-q", "main"]);
 
+    // A branch that releases to `dev` cannot move a prd stack into `dev` to apply it (and get
+    // dev's secrets for prd's state): it plans it only, and the event says why.
+    server.repo.git(&["checkout", "-q", "-b", "dev"]);
+    server.repo.write(
+        "plinth.toml",
+        &CONFIG.replace("path = \"app\"\nenvironment = \"prd\"", "path = \"app\"\nenvironment = \"dev\""),
+    );
+    let moved = server.repo.commit("move app to dev");
+    let runs = server.settle(&moved, 1).await;
+    assert_eq!((runs[0].stack.as_str(), runs[0].mode), ("app", RunMode::Plan), "{:?}", runs[0]);
+    let events = server.get("/api/v1/events").await;
+    let note =
+        events["events"].as_array().unwrap().iter().find(|e| e["commit"] == moved.as_str()).unwrap()["note"].clone();
+    assert!(
+        note.as_str().unwrap().contains("`app` plans only: this branch moves it from environment `prd` to `dev`"),
+        "{note}"
+    );
+    server.repo.git(&["checkout", "-q", "main"]);
+
     // Rotation: every data key re-wrapped, the old key file replaced, values intact.
     let old_key = std::fs::read(&key_file).unwrap();
     let rotated = server.post("/api/v1/secrets/rotate-master-key", &developer, json!({})).await;
