@@ -175,20 +175,26 @@ fn changed_once(
         Err(AffectedError::Tree(e)) => return Err(e.into()),
     };
     let live: BTreeSet<String> = stacks.iter().filter(|s| !s.deleted).map(|s| s.stack.name.clone()).collect();
+    // The affected stacks are resolved already; only stacks between them need a lookup.
+    let known: BTreeMap<&str, &Vec<String>> =
+        stacks.iter().filter(|s| !s.deleted).map(|s| (s.stack.name.as_str(), &s.stack.depends_on)).collect();
     let mut tree_error = None;
-    let waits_for = plinth_core::run::waits_for(&live, |name| match head.site_named(name) {
-        Ok(Some(site)) => match head.stack(&site) {
-            Ok(stack) => stack.depends_on.clone(),
+    let waits_for = plinth_core::run::waits_for(&live, |name| match known.get(name) {
+        Some(deps) => (*deps).clone(),
+        None => match head.site_named(name) {
+            Ok(Some(site)) => match head.stack(&site) {
+                Ok(stack) => stack.depends_on.clone(),
+                Err(e) => {
+                    tree_error = Some(e);
+                    Vec::new()
+                }
+            },
+            Ok(None) => Vec::new(),
             Err(e) => {
                 tree_error = Some(e);
                 Vec::new()
             }
         },
-        Ok(None) => Vec::new(),
-        Err(e) => {
-            tree_error = Some(e);
-            Vec::new()
-        }
     });
     if let Some(e) = tree_error {
         return Err(e.into());
