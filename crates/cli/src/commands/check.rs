@@ -33,7 +33,51 @@ struct Report<'a> {
     main_branch: &'a str,
     environments: Vec<EnvironmentJson<'a>>,
     stacks: Vec<CheckedStack<'a>>,
+    services: Vec<ServiceJson>,
     warnings: Vec<plinth_core::error::DiagnosticJson>,
+}
+
+/// A service in one environment, as `plinth check --output json` shows it.
+#[derive(Serialize)]
+struct ServiceJson {
+    name: String,
+    environment: String,
+    containers: Vec<String>,
+    count: u32,
+    strategy: String,
+    hosts: Vec<String>,
+}
+
+/// Every service in every declared environment.
+fn services(config: &plinth_core::Config) -> Vec<ServiceJson> {
+    let mut out = Vec::new();
+    for def in &config.services {
+        for env in config.environments.keys() {
+            let s = def.for_environment(env);
+            let strategy = match s.strategy {
+                plinth_core::config::Strategy::Double => "double".to_owned(),
+                plinth_core::config::Strategy::Rolling { max_surge, max_unavailable } => {
+                    format!("rolling (surge {}, unavailable {})", amount(max_surge), amount(max_unavailable))
+                }
+            };
+            out.push(ServiceJson {
+                name: s.name,
+                environment: s.environment,
+                containers: s.containers,
+                count: s.count,
+                strategy,
+                hosts: s.hosts,
+            });
+        }
+    }
+    out
+}
+
+fn amount(a: plinth_core::config::Amount) -> String {
+    match a {
+        plinth_core::config::Amount::Count(n) => n.to_string(),
+        plinth_core::config::Amount::Percent(p) => format!("{p}%"),
+    }
 }
 
 #[derive(Serialize)]
@@ -42,6 +86,7 @@ struct EnvironmentJson<'a> {
     branches: Vec<&'a str>,
     approval: bool,
     approvers: &'a [String],
+    tags: Vec<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -99,9 +144,11 @@ pub fn run(args: Args) -> Outcome {
                         branches: e.branches.iter().map(|b| b.raw()).collect(),
                         approval: e.approval,
                         approvers: &e.approvers,
+                        tags: e.tags.iter().map(|t| t.raw()).collect(),
                     })
                     .collect(),
                 stacks,
+                services: services(&loaded.config),
                 warnings: warnings.to_json(),
             }),
             Format::Text => print_text(&loaded, &stacks, &described, &warnings),
@@ -166,6 +213,26 @@ fn print_text(loaded: &Loaded, stacks: &[CheckedStack], source: &str, warnings: 
             })
             .collect();
         out!("{}", table(&["STACK", "PATH", "ENV", "WORKSPACE", "DEPENDS ON", "MODULES"], &rows));
+    }
+    let services = services(&loaded.config);
+    if !services.is_empty() {
+        outln!();
+        let rows: Vec<Vec<String>> = services
+            .iter()
+            .map(|s| {
+                vec![
+                    s.name.clone(),
+                    s.environment.clone(),
+                    s.containers.join(", "),
+                    s.count.to_string(),
+                    s.strategy.clone(),
+                    dash(&s.hosts.join(", ")),
+                ]
+            })
+            .collect();
+        out!("{}", table(&["SERVICE", "ENV", "CONTAINERS", "COUNT", "STRATEGY", "HOSTS"], &rows));
+    } else if !loaded.config.services.is_empty() {
+        outln!("\n{} service(s) defined, but no environment is declared to run them in.", loaded.config.services.len());
     }
     for s in stacks {
         for problem in &s.module_problems {

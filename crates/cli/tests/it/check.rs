@@ -99,3 +99,38 @@ depends_on = ["shared"]
     let line = out.lines().find(|l| l.starts_with("shared")).unwrap();
     assert!(line.contains("tooling"), "{line}");
 }
+
+#[test]
+fn check_lists_services_per_environment() {
+    let t = seed_000();
+    let config = std::fs::read_to_string(t.path().join("plinth.toml")).unwrap();
+    t.write(
+        "plinth.toml",
+        &format!(
+            "{config}\n[services.api]\ncontainers = [\"app\"]\ncommand = [\"plinth\", \"demo-app\", \"--port\", \"{{port}}\", \"--version\", \"{{image.app}}\"]\ncount = 3\nhosts = [\"api.{{env}}.localhost\"]\n\n[services.api.environments.prd]\ncount = 4\nstrategy = {{ kind = \"double\" }}\n"
+        ),
+    );
+    let run = plinth(t.path(), &["check"]).success();
+    let api_rows: Vec<&str> = run.stdout.lines().filter(|l| l.starts_with("api ")).collect();
+    assert_eq!(api_rows.len(), 2, "{}", run.stdout);
+    assert!(
+        api_rows[0].contains("prd") && api_rows[0].contains(" 4 ") && api_rows[0].contains("double"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        api_rows[1].contains("api.stg.localhost") && api_rows[1].contains("rolling (surge 100%, unavailable 0)"),
+        "{}",
+        run.stdout
+    );
+    let json = plinth(t.path(), &["check", "--output", "json"]).success().json();
+    assert_eq!(json["services"][1]["hosts"][0], "api.stg.localhost", "{json}");
+    assert_eq!(json["services"][0]["count"], 4, "{json}");
+
+    t.write(
+        "plinth.toml",
+        &format!("{config}\n[services.api]\ncontainers = [\"app\"]\ncommand = [\"x\", \"{{image.web}}\"]\n"),
+    );
+    let run = plinth(t.path(), &["check"]).failure();
+    assert!(run.stderr.contains("config.invalid_placeholder") && run.stderr.contains("{image.web}"), "{}", run.stderr);
+}

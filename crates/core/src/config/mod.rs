@@ -10,6 +10,7 @@ mod expand;
 mod init;
 mod raw;
 mod resolve;
+mod service;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -22,6 +23,7 @@ use crate::pattern::{Glob, PathPattern, PatternError, Template};
 pub use expand::{LoadError, Loaded};
 pub use init::starter_config;
 pub use resolve::{Resolver, Site};
+pub use service::{Amount, Health, MAX_COUNT, Service, ServiceDef, Strategy};
 
 /// The config file's name, at the repo root.
 pub const CONFIG_FILE: &str = "plinth.toml";
@@ -39,6 +41,8 @@ pub struct Config {
     pub environments: BTreeMap<String, Environment>,
     /// Stack definitions in key order; a pattern definition stands for many stacks.
     pub stacks: Vec<StackDef>,
+    /// Long-running apps, released from CI and rolled out by plinth.
+    pub services: Vec<ServiceDef>,
     pub source: SourceFile,
 }
 
@@ -52,12 +56,18 @@ pub struct Environment {
     pub approval: bool,
     /// Roles allowed to approve (admins always may).
     pub approvers: Vec<String>,
+    /// Release tags matching these globs release to this environment (`v*.*.*` for prd).
+    pub tags: Vec<Glob>,
     pub span: Range<usize>,
 }
 
 impl Environment {
     pub fn releases_from(&self, branch: &str) -> bool {
         self.branches.iter().any(|g| g.is_match(branch))
+    }
+
+    pub fn releases_tag(&self, tag: &str) -> bool {
+        self.tags.iter().any(|g| g.is_match(tag))
     }
 }
 
@@ -189,6 +199,13 @@ impl Parser<'_> {
                 Err(e) => self.pattern_error("config.invalid_glob", "branch pattern", branch, e),
             }
         }
+        let mut tags = Vec::new();
+        for tag in &raw.tags {
+            match Glob::parse(tag.get_ref()) {
+                Ok(glob) => tags.push(glob),
+                Err(e) => self.pattern_error("config.invalid_glob", "tag pattern", tag, e),
+            }
+        }
         for role in &raw.approvers {
             if !is_identifier(role.get_ref()) {
                 self.diagnostics.push(
@@ -215,6 +232,7 @@ impl Parser<'_> {
             branches,
             approval,
             approvers: raw.approvers.iter().map(|r| r.get_ref().clone()).collect(),
+            tags,
             span,
         })
     }
@@ -340,13 +358,25 @@ impl Config {
                 stacks.push(def);
             }
         }
+        let declared: Vec<&str> = environments.keys().map(String::as_str).collect();
+        let services = service::parse_services(raw.services, &declared, &mut parser.diagnostics);
+        service::check_hosts(&services, &declared, &mut parser.diagnostics);
         let mut diagnostics = parser.diagnostics;
         diagnostics.sort();
         if diagnostics.has_errors() {
             return Err(diagnostics);
         }
         let warnings = diagnostics.items;
-        Ok((Config { main_branch, environments, stacks, source }, warnings))
+        Ok((Config { main_branch, environments, stacks, services, source }, warnings))
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceDef> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The environments a release tag goes to.
+    pub fn environments_for_tag(&self, tag: &str) -> impl Iterator<Item = &Environment> {
+        self.environments.values().filter(move |e| e.releases_tag(tag))
     }
 
     pub fn stack_def(&self, key: &str) -> Option<&StackDef> {

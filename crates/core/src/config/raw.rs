@@ -13,6 +13,8 @@ pub(crate) struct RawConfig {
     pub environments: BTreeMap<Spanned<String>, Spanned<RawEnvironment>>,
     #[serde(default)]
     pub stacks: BTreeMap<Spanned<String>, Spanned<RawStack>>,
+    #[serde(default)]
+    pub services: BTreeMap<Spanned<String>, Spanned<super::service::RawService>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -24,6 +26,9 @@ pub(crate) struct RawEnvironment {
     pub approval: Option<Spanned<bool>>,
     #[serde(default)]
     pub approvers: Vec<Spanned<String>>,
+    /// Release tags (globs such as `v*.*.*`) that release to this environment.
+    #[serde(default)]
+    pub tags: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

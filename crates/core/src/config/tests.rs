@@ -257,3 +257,156 @@ fn stack_names_reject_traversal_and_accept_directory_names() {
         assert!(!is_stack_name(bad), "{bad:?}");
     }
 }
+
+const SERVICES: &str = r#"
+[environments.stg]
+branches = ["main"]
+[environments.prd]
+branches = ["main"]
+tags = ["v*.*.*"]
+
+[services.api]
+containers = ["app", "sidecar"]
+command = ["plinth", "demo-app", "--port", "{port}", "--version", "{image.app}", "--name", "{service}-{env}-{instance}", "{{literal}}"]
+count = 3
+health = { path = "/healthz", interval = "500ms", timeout = "300ms", healthy = 2, unhealthy = 3 }
+strategy = { kind = "rolling", max_surge = "100%", max_unavailable = "0%" }
+drain_timeout = "30s"
+pre_stop = ["sh", "-c", "echo flushing > /tmp/flush-$PLINTH_INSTANCE"]
+hosts = ["api.{env}.localhost", "*.review.localhost"]
+env = { RUST_LOG = "info" }
+
+[services.api.environments.prd]
+count = 4
+strategy = { kind = "double" }
+env = { EXTRA = "1" }
+
+[services.worker]
+containers = ["worker"]
+command = ["./worker"]
+"#;
+
+#[test]
+fn services_have_settings_per_environment() {
+    let (config, warnings) = Config::parse("plinth.toml", SERVICES).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let api = config.service("api").unwrap();
+    assert_eq!(api.containers, ["app", "sidecar"]);
+    let stg = api.for_environment("stg");
+    assert_eq!(stg.count, 3);
+    assert_eq!(stg.hosts, ["api.stg.localhost", "*.review.localhost"]);
+    assert_eq!(stg.health.interval, std::time::Duration::from_millis(500));
+    assert_eq!(
+        stg.strategy,
+        Strategy::Rolling { max_surge: Amount::Percent(100), max_unavailable: Amount::Percent(0) }
+    );
+    assert_eq!(stg.drain_timeout, std::time::Duration::from_secs(30));
+    let images: std::collections::BTreeMap<String, String> =
+        [("app".to_owned(), "registry/app:v1".to_owned()), ("sidecar".to_owned(), "s:1".to_owned())].into();
+    assert_eq!(
+        stg.command_for(4100, &images, "api-stg-1"),
+        [
+            "plinth",
+            "demo-app",
+            "--port",
+            "4100",
+            "--version",
+            "registry/app:v1",
+            "--name",
+            "api-stg-api-stg-1",
+            "{literal}"
+        ]
+    );
+    let prd = api.for_environment("prd");
+    assert_eq!((prd.count, &prd.strategy), (4, &Strategy::Double));
+    assert_eq!(prd.hosts, ["api.prd.localhost", "*.review.localhost"]);
+    assert_eq!(prd.env.get("RUST_LOG").map(String::as_str), Some("info"), "overrides add to the base env");
+    assert_eq!(prd.env.get("EXTRA").map(String::as_str), Some("1"));
+    let worker = config.service("worker").unwrap().for_environment("stg");
+    assert_eq!((worker.count, worker.hosts.len(), worker.health.path.as_str()), (1, 0, "/healthz"));
+
+    assert_eq!(config.environments_for_tag("v1.2.3").map(|e| e.name.as_str()).collect::<Vec<_>>(), ["prd"]);
+    assert_eq!(config.environments_for_tag("nightly").count(), 0);
+    assert_eq!(Amount::Percent(25).of(3, true), 1);
+    assert_eq!(Amount::Percent(25).of(3, false), 0);
+    assert_eq!(Amount::Count(2).of(3, true), 2);
+}
+
+#[test]
+fn bad_services_point_at_the_problem() {
+    let env = "[environments.stg]\n";
+    let cases: &[(&str, &str, (usize, usize))] = &[
+        ("[services.api]\ncommand = [\"x\"]\n", "config.service_without_containers", (2, 11)),
+        ("[services.api]\ncontainers = [\"app\"]\n", "config.service_without_command", (2, 11)),
+        ("[services.api]\ncontainers = [\"app\", \"app\"]\ncommand = [\"x\"]\n", "config.duplicate_container", (3, 22)),
+        (
+            "[services.api]\ncontainers = [\"app\"]\ncommand = [\"x\", \"{image.web}\"]\n",
+            "config.invalid_placeholder",
+            (4, 18),
+        ),
+        (
+            "[services.api]\ncontainers = [\"app\"]\ncommand = [\"x\", \"--p={prot}\"]\n",
+            "config.invalid_placeholder",
+            (4, 22),
+        ),
+        ("[services.api]\ncontainers = [\"app\"]\ncommand = [\"x\"]\ncount = 0\n", "config.invalid_number", (5, 9)),
+        (
+            "[services.api]\ncontainers = [\"app\"]\ncommand = [\"x\"]\ndrain_timeout = \"soon\"\n",
+            "config.invalid_duration",
+            (5, 17),
+        ),
+        (
+            "[services.api]\ncontainers = [\"app\"]\ncommand = [\"x\"]\nstrategy = { kind = \"canary\" }\n",
+            "config.invalid_strategy",
+            (5, 21),
+        ),
+        (
+            "[services.api]\ncontainers = [\"app\"]\ncommand = [\"x\"]\nstrategy = { kind = \"rolling\", max_surge = \"0\", max_unavailable = \"0%\" }\n",
+            "config.invalid_strategy",
+            (5, 21),
+        ),
+        (
+            "[services.api]\ncontainers = [\"app\"]\ncommand = [\"x\"]\nstrategy = { kind = \"rolling\", max_surge = \"150%\" }\n",
+            "config.invalid_strategy",
+            (5, 44),
+        ),
+        (
+            "[services.api]\ncontainers = [\"app\"]\ncommand = [\"x\"]\nhosts = [\"api .localhost\"]\n",
+            "config.invalid_host",
+            (5, 10),
+        ),
+        (
+            "[services.api]\ncontainers = [\"app\"]\ncommand = [\"x\"]\nhealth = { path = \"healthz\" }\n",
+            "config.invalid_health",
+            (5, 19),
+        ),
+        (
+            "[services.api]\ncontainers = [\"app\"]\ncommand = [\"x\"]\nenv = { \"1X\" = \"y\" }\n",
+            "config.invalid_env",
+            (5, 9),
+        ),
+        (
+            "[services.api]\ncontainers = [\"app\"]\ncommand = [\"x\"]\n[services.api.environments.qa]\ncount = 2\n",
+            "config.unknown_environment",
+            (5, 28),
+        ),
+        ("[services.api]\ncontainers = [\"app\"]\ncommand = [\"x\"]\nreplicas = 2\n", "config.unknown_key", (5, 1)),
+        (
+            "[services.a]\ncontainers = [\"app\"]\ncommand = [\"x\"]\nhosts = [\"x.{env}.localhost\"]\n[services.b]\ncontainers = [\"app\"]\ncommand = [\"x\"]\nhosts = [\"x.{env}.localhost\"]\n",
+            "config.duplicate_host",
+            (6, 1),
+        ),
+    ];
+    for (text, code, (line, column)) in cases {
+        let text = format!("{env}{text}");
+        let diagnostics = match Config::parse("plinth.toml", &text) {
+            Ok(_) => panic!("expected {code} for:\n{text}"),
+            Err(d) => d,
+        };
+        let first = diagnostics.errors().next().unwrap();
+        assert_eq!(first.code, *code, "{text}\n{diagnostics}");
+        let at = diagnostics.file.position(first.span.clone().unwrap().start);
+        assert_eq!((at.line, at.column), (*line, *column), "{text}\n{diagnostics}");
+        assert!(!first.help.is_empty(), "{code} has no help");
+    }
+}
