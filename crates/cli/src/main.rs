@@ -57,6 +57,9 @@ enum Command {
     Audit(commands::runs::AuditArgs),
     /// Secrets on a plinth server: set (from stdin), list (never values), rm, rotate-master-key.
     Secrets(commands::secrets::Args),
+    /// A small HTTP app that answers its version, for the quickstart and deploy tests; flags
+    /// make it start slowly, fail health checks, answer slowly or crash.
+    DemoApp(commands::demo_app::Args),
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         Command::Tokens(args) => commands::runs::tokens(args),
         Command::Audit(args) => commands::runs::audit(args),
         Command::Secrets(args) => commands::secrets::run(args),
+        Command::DemoApp(args) => commands::demo_app::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 
 pub mod changed;
 pub mod check;
+pub mod demo_app;
 pub mod init;
 pub mod quickstart;
 pub mod runs;

@@ -6,6 +6,7 @@ mod changed;
 mod check;
 mod client_errors;
 mod crash;
+mod demo_app;
 mod history;
 mod init;
 mod mapping;
