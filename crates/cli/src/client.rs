@@ -103,6 +103,23 @@ impl Client {
         self.decode(response)
     }
 
+    /// POSTs a body that is already JSON text (such as a file the user gave), unparsed, so the
+    /// server reports what is wrong with it.
+    pub fn post_raw<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<T, Failure> {
+        let request = self
+            .request(reqwest::Method::POST, path)?
+            .query(query)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let response = self.send(request)?;
+        self.decode(response)
+    }
+
     pub fn put<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> Result<T, Failure> {
         let response = self.send(self.request(reqwest::Method::PUT, path)?.json(body))?;
         self.decode(response)

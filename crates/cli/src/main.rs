@@ -55,6 +55,8 @@ enum Command {
     Tokens(commands::runs::TokensArgs),
     /// Read a plinth server's audit log (admin).
     Audit(commands::runs::AuditArgs),
+    /// Releases of a service: publish (from CI, with imagedefinitions.json), list.
+    Release(commands::release::Args),
     /// Secrets on a plinth server: set (from stdin), list (never values), rm, rotate-master-key.
     Secrets(commands::secrets::Args),
     /// A small HTTP app that answers its version, for the quickstart and deploy tests; flags
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
         Command::Tokens(args) => commands::runs::tokens(args),
         Command::Audit(args) => commands::runs::audit(args),
         Command::Secrets(args) => commands::secrets::run(args),
+        Command::Release(args) => commands::release::run(args),
         Command::DemoApp(args) => commands::demo_app::run(args),
     };
     match result {

@@ -75,6 +75,29 @@ pub fn allowed(roles: &[String], action: &Action, config: Option<&Config>) -> bo
     }
 }
 
+/// Whether a token may publish a release of `service`: admins may; `ci` tokens may for the
+/// services they are scoped to, and nothing else.
+pub fn may_publish(roles: &[String], services: &[String], service: &str) -> bool {
+    let has = |role: &str| roles.iter().any(|r| r == role);
+    has(ADMIN) || (has(CI) && services.iter().any(|s| s == service))
+}
+
+/// Checks the services a new token is scoped to: only `ci` tokens have them, and a `ci` token
+/// needs at least one.
+pub fn check_token_services(roles: &[String], services: &[String]) -> Result<(), String> {
+    let ci = roles.iter().any(|r| r == CI);
+    if ci && services.is_empty() {
+        return Err("a `ci` token publishes releases only for the services it is scoped to; pass --service NAME (repeat for several)".into());
+    }
+    if !ci && !services.is_empty() {
+        return Err("only `ci` tokens are scoped to services; remove --service, or add --role ci".into());
+    }
+    if let Some(bad) = services.iter().find(|s| !is_identifier(s) || s.len() > 64) {
+        return Err(format!("`{bad}` is not a valid service name; use letters, digits, `_` and `-`"));
+    }
+    Ok(())
+}
+
 /// Checks a role name for a new token: a built-in role or a plain identifier.
 pub fn check_role(role: &str) -> Result<(), String> {
     if is_identifier(role) && role.len() <= 64 {
@@ -139,6 +162,20 @@ path = "x"
         for (roles, action, expected) in cases {
             assert_eq!(allowed(&roles, &action, Some(&config)), expected, "{roles:?} {action:?}");
         }
+    }
+
+    #[test]
+    fn ci_publishes_only_for_its_services() {
+        let roles = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let api = vec!["api".to_owned()];
+        assert!(may_publish(&roles(&["ci"]), &api, "api"));
+        assert!(!may_publish(&roles(&["ci"]), &api, "web"));
+        assert!(!may_publish(&roles(&["developer"]), &api, "api"));
+        assert!(may_publish(&roles(&["admin"]), &[], "web"));
+        assert!(check_token_services(&roles(&["ci"]), &[]).is_err());
+        assert!(check_token_services(&roles(&["developer"]), &api).is_err());
+        assert!(check_token_services(&roles(&["ci"]), &api).is_ok());
+        assert!(check_token_services(&roles(&["ci"]), &["a b".to_owned()]).is_err());
     }
 
     #[test]

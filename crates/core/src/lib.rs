@@ -12,6 +12,7 @@ pub mod mapping;
 pub mod modules;
 pub mod pattern;
 pub mod redact;
+pub mod release;
 pub mod run;
 pub mod secret;
 pub mod slug;

@@ -14,6 +14,8 @@ use crate::state::AppState;
 pub struct Caller {
     pub name: String,
     pub roles: Vec<String>,
+    /// The services a `ci` token may publish releases for.
+    pub services: Vec<String>,
 }
 
 impl Caller {
@@ -39,6 +41,25 @@ impl Caller {
             "auth.forbidden",
             format!("token `{}` ({roles}) may not {}", self.name, action.describe()),
             format!("This needs {who_may}."),
+        ))
+    }
+}
+
+impl Caller {
+    /// Fails with 403 unless the caller may publish releases of `service`.
+    pub fn require_publish(&self, service: &str) -> Result<(), ApiError> {
+        if plinth_core::auth::may_publish(&self.roles, &self.services, service) {
+            return Ok(());
+        }
+        let scope =
+            if self.services.is_empty() { String::new() } else { format!(", scoped to {}", self.services.join(", ")) };
+        Err(ApiError::new(
+            403,
+            "auth.forbidden",
+            format!("token `{}` ({}{scope}) may not publish releases of `{service}`", self.name, self.roles.join(", ")),
+            format!(
+                "This needs an admin token, or a ci token scoped to `{service}` (`plinth tokens create --role ci --service {service}`)."
+            ),
         ))
     }
 }
@@ -81,7 +102,7 @@ impl FromRequestParts<AppState> for Caller {
                 "Check the token; an admin can list tokens with `plinth tokens list` and create one with `plinth tokens create`.",
             ));
         };
-        let caller = Caller { name: token.name, roles: token.roles };
+        let caller = Caller { name: token.name, roles: token.roles, services: token.services };
         parts.extensions.insert(caller.clone());
         Ok(caller)
     }

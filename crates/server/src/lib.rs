@@ -149,6 +149,7 @@ async fn first_admin_token(state: &AppState) -> Result<Option<String>, ServerErr
         name: "admin".into(),
         hash: auth::hash_secret(&secret),
         roles: vec!["admin".into()],
+        services: Vec::new(),
         created_by: "plinth".into(),
     };
     state.store.create_token(token, state.now()).await?;

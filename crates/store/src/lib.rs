@@ -170,6 +170,9 @@ pub struct Lock {
 pub struct Token {
     pub name: String,
     pub roles: Vec<String>,
+    /// The services a `ci` token may publish releases for.
+    #[serde(default)]
+    pub services: Vec<String>,
     pub created_by: String,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
@@ -181,6 +184,7 @@ pub struct NewToken {
     pub name: String,
     pub hash: String,
     pub roles: Vec<String>,
+    pub services: Vec<String>,
     pub created_by: String,
 }
 
@@ -299,6 +303,32 @@ impl std::fmt::Debug for Rewrapped {
     }
 }
 
+/// A release: the images CI published for a service in one environment. Immutable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub id: i64,
+    pub service: String,
+    pub environment: String,
+    /// Container name -> image.
+    pub images: BTreeMap<String, String>,
+    pub commit: Option<String>,
+    /// What picked the environment: `env`, `branch:NAME` or `tag:NAME`.
+    pub source: String,
+    pub published_by: String,
+    pub created_at: Timestamp,
+}
+
+/// A release to record.
+#[derive(Clone, Debug)]
+pub struct NewRelease {
+    pub service: String,
+    pub environment: String,
+    pub images: BTreeMap<String, String>,
+    pub commit: Option<String>,
+    pub source: String,
+    pub published_by: String,
+}
+
 /// What a start attempt found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Start {
@@ -380,6 +410,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn rewrap_secrets(&self, rows: &[Rewrapped]) -> Result<usize>;
     /// How many secrets' data keys `key_id` wraps.
     async fn secrets_wrapped_by(&self, key_id: &str) -> Result<u64>;
+
+    /// Records releases (one per environment of a publish) in one transaction.
+    async fn create_releases(&self, releases: &[NewRelease], now: Timestamp) -> Result<Vec<Release>>;
+    /// A service's releases in an environment, newest first, with ids below `before` if given.
+    async fn releases(&self, service: &str, environment: &str, before: Option<i64>, limit: u32)
+    -> Result<Vec<Release>>;
+    async fn release(&self, id: i64) -> Result<Option<Release>>;
 
     /// Closes the connections once the work in flight is done; for a clean stop (SQLite folds
     /// its write-ahead log back into the database file).

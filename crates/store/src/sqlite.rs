@@ -14,9 +14,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use crate::{
-    AuditEntry, AuditFilter, Event, Lock, LogLine, NewAudit, NewEvent, NewRun, NewSecretVersion, NewToken, Recorded,
-    Result, Rewrapped, RunFilter, RunPatch, SealedSecret, SecretKey, SecretMeta, Start, Store, StoreError, Token,
-    UnlockOutcome,
+    AuditEntry, AuditFilter, Event, Lock, LogLine, NewAudit, NewEvent, NewRelease, NewRun, NewSecretVersion, NewToken,
+    Recorded, Release, Result, Rewrapped, RunFilter, RunPatch, SealedSecret, SecretKey, SecretMeta, Start, Store,
+    StoreError, Token, UnlockOutcome,
 };
 
 /// plinth's state in a SQLite file.
@@ -91,9 +91,25 @@ fn token_from_row(row: &SqliteRow) -> Result<Token> {
     Ok(Token {
         name: row.try_get("name")?,
         roles: serde_json::from_str(&roles).map_err(|e| corrupt("token roles", e))?,
+        services: serde_json::from_str(&row.try_get::<String, _>("services")?)
+            .map_err(|e| corrupt("token services", e))?,
         created_by: row.try_get("created_by")?,
         created_at: Timestamp(row.try_get("created_at")?),
         revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(Timestamp),
+    })
+}
+
+fn release_from_row(row: &SqliteRow) -> Result<Release> {
+    let images: String = row.try_get("images")?;
+    Ok(Release {
+        id: row.try_get("id")?,
+        service: row.try_get("service")?,
+        environment: row.try_get("environment")?,
+        images: serde_json::from_str(&images).map_err(|e| corrupt("release images", e))?,
+        commit: row.try_get("commit_sha")?,
+        source: row.try_get("source")?,
+        published_by: row.try_get("published_by")?,
+        created_at: Timestamp(row.try_get("created_at")?),
     })
 }
 
@@ -587,15 +603,17 @@ impl Store for SqliteStore {
     }
 
     async fn create_token(&self, token: NewToken, now: Timestamp) -> Result<Token> {
-        let result =
-            sqlx::query("INSERT INTO tokens (name, hash, roles, created_by, created_at) VALUES (?, ?, ?, ?, ?)")
-                .bind(&token.name)
-                .bind(&token.hash)
-                .bind(json(&token.roles)?)
-                .bind(&token.created_by)
-                .bind(now.0)
-                .execute(&self.pool)
-                .await;
+        let result = sqlx::query(
+            "INSERT INTO tokens (name, hash, roles, services, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&token.name)
+        .bind(&token.hash)
+        .bind(json(&token.roles)?)
+        .bind(json(&token.services)?)
+        .bind(&token.created_by)
+        .bind(now.0)
+        .execute(&self.pool)
+        .await;
         match result {
             Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -606,6 +624,7 @@ impl Store for SqliteStore {
         Ok(Token {
             name: token.name,
             roles: token.roles,
+            services: token.services,
             created_by: token.created_by,
             created_at: now,
             revoked_at: None,
@@ -793,6 +812,54 @@ impl Store for SqliteStore {
             .await?
             .try_get("n")?;
         Ok(count.max(0) as u64)
+    }
+
+    async fn create_releases(&self, releases: &[NewRelease], now: Timestamp) -> Result<Vec<Release>> {
+        let mut tx = self.write().await?;
+        let mut out = Vec::new();
+        for r in releases {
+            let row = sqlx::query(
+                "INSERT INTO releases (service, environment, images, commit_sha, source, published_by, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+            )
+            .bind(&r.service)
+            .bind(&r.environment)
+            .bind(json(&r.images)?)
+            .bind(&r.commit)
+            .bind(&r.source)
+            .bind(&r.published_by)
+            .bind(now.0)
+            .fetch_one(&mut *tx)
+            .await?;
+            out.push(release_from_row(&row)?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn releases(
+        &self,
+        service: &str,
+        environment: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Release>> {
+        let rows = sqlx::query(
+            "SELECT * FROM releases WHERE service = ? AND environment = ? AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
+        )
+        .bind(service)
+        .bind(environment)
+        .bind(before)
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(release_from_row).collect()
+    }
+
+    async fn release(&self, id: i64) -> Result<Option<Release>> {
+        let row = sqlx::query("SELECT * FROM releases WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(release_from_row).transpose()
     }
 
     async fn close(&self) {

@@ -5,6 +5,7 @@ pub mod check;
 pub mod demo_app;
 pub mod init;
 pub mod quickstart;
+pub mod release;
 pub mod runs;
 pub mod secrets;
 pub mod server;

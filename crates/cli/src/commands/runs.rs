@@ -481,6 +481,9 @@ enum TokensCommand {
         /// several.
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
+        /// For a `ci` token: a service it may publish releases for. Repeat for several.
+        #[arg(long = "service")]
+        services: Vec<String>,
         #[arg(long, value_enum, default_value_t)]
         output: Format,
     },
@@ -499,10 +502,10 @@ enum TokensCommand {
 
 pub fn tokens(args: TokensArgs) -> Outcome {
     match args.command {
-        TokensCommand::Create { name, roles, output } => {
+        TokensCommand::Create { name, roles, services, output } => {
             let client = Client::new(&args.connection, output)?;
-            let body: serde_json::Value =
-                client.post("/api/v1/tokens", &serde_json::json!({"name": name, "roles": roles}))?;
+            let body: serde_json::Value = client
+                .post("/api/v1/tokens", &serde_json::json!({"name": name, "roles": roles, "services": services}))?;
             match output {
                 Format::Json => print_json(&body),
                 Format::Text => {
@@ -532,9 +535,21 @@ pub fn tokens(args: TokensArgs) -> Outcome {
                         .iter()
                         .filter_map(|r| r.as_str())
                         .collect();
+                    let services: Vec<&str> = t["services"]
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|s| s.as_str())
+                        .collect();
+                    let roles = if services.is_empty() {
+                        roles.join(",")
+                    } else {
+                        format!("{}[{}]", roles.join(","), services.join(","))
+                    };
                     vec![
                         t["name"].as_str().unwrap_or("").to_owned(),
-                        roles.join(","),
+                        roles,
                         t["created_by"].as_str().unwrap_or("").to_owned(),
                         t["created_at"].as_str().unwrap_or("").to_owned(),
                         t["revoked_at"].as_str().map_or("active".to_owned(), |at| format!("revoked {at}")),

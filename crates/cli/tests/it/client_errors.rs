@@ -36,10 +36,15 @@ const COMMANDS: &[&[&str]] = &[
     &["plan", "--ref", "main"],
     &["stacks", "list"],
     &["stacks", "unlock", "app/stg"],
-    &["tokens", "create", "--name", "ci", "--role", "ci"],
+    &["tokens", "create", "--name", "ci", "--role", "ci", "--service", "api"],
     &["tokens", "list"],
     &["tokens", "revoke", "ci"],
     &["audit"],
+    &["secrets", "set", "X_TOKEN", "--env", "stg"],
+    &["secrets", "list"],
+    &["secrets", "rm", "X_TOKEN", "--env", "stg"],
+    &["secrets", "rotate-master-key"],
+    &["release", "list", "--service", "api", "--env", "stg"],
 ];
 
 fn with_output_json(args: &[&str]) -> Vec<String> {

@@ -11,6 +11,7 @@ mod history;
 mod init;
 mod mapping;
 mod quickstart;
+mod release;
 mod secrets;
 mod seeds;
 mod server;

@@ -637,7 +637,7 @@ fn seed_000_releases_to_stg_and_waits_for_an_sre_to_release_to_prd() {
     assert_eq!(names, ["admin", "dev", "oncall"]);
     for token in tokens["tokens"].as_array().unwrap() {
         let keys: Vec<&str> = token.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, ["name", "roles", "created_by", "created_at", "revoked_at"], "{token:#}");
+        assert_eq!(keys, ["name", "roles", "services", "created_by", "created_at", "revoked_at"], "{token:#}");
     }
     let rows: Vec<Vec<&str>> = listed.stdout.lines().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows[0], ["NAME", "ROLES", "CREATED", "BY", "CREATED", "STATE"]);

@@ -4,6 +4,7 @@
 
 mod audit;
 mod hooks;
+mod releases;
 mod runs;
 mod secrets;
 mod stacks;
@@ -43,6 +44,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/secrets/rotate-master-key"),
     ("PUT", "/api/v1/environments/{environment}/secrets/{name}"),
     ("DELETE", "/api/v1/environments/{environment}/secrets/{name}"),
+    ("POST", "/api/v1/services/{service}/releases"),
+    ("POST", "/api/v1/services/{service}/environments/{environment}/releases"),
+    ("GET", "/api/v1/services/{service}/environments/{environment}/releases"),
     ("POST", "/hooks/github"),
 ];
 
@@ -69,6 +73,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/secrets", get(secrets::list))
         .route("/api/v1/secrets/rotate-master-key", post(secrets::rotate))
         .route("/api/v1/environments/{environment}/secrets/{name}", put(secrets::set).delete(secrets::remove))
+        .route("/api/v1/services/{service}/releases", post(releases::publish_for))
+        .route(
+            "/api/v1/services/{service}/environments/{environment}/releases",
+            post(releases::publish_to).get(releases::list),
+        )
         .route("/hooks/github", post(hooks::github))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -23,6 +23,9 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Respo
 pub struct CreateRequest {
     name: String,
     roles: Vec<String>,
+    /// The services a `ci` token may publish releases for.
+    #[serde(default)]
+    services: Vec<String>,
 }
 
 pub async fn create(
@@ -31,7 +34,7 @@ pub async fn create(
     JsonBody(request): JsonBody<CreateRequest>,
 ) -> Result<Response, ApiError> {
     let note = AuditNote::new("token.create", format!("token/{}", request.name))
-        .details(serde_json::json!({"roles": request.roles}));
+        .details(serde_json::json!({"roles": request.roles, "services": request.services}));
     let result = async {
         caller.require(&Action::ManageTokens, None)?;
         check_token_name(&request.name)
@@ -46,6 +49,9 @@ pub async fn create(
         for role in &request.roles {
             check_role(role).map_err(|e| ApiError::bad_request("token.bad_role", e, "Pick another role name."))?;
         }
+        plinth_core::auth::check_token_services(&request.roles, &request.services).map_err(|e| {
+            ApiError::bad_request("token.bad_services", e, "Scope ci tokens to the services they publish.")
+        })?;
         let secret = new_secret()?;
         let token = state
             .store
@@ -54,6 +60,7 @@ pub async fn create(
                     name: request.name.clone(),
                     hash: hash_secret(&secret),
                     roles: request.roles.clone(),
+                    services: request.services.clone(),
                     created_by: caller.name.clone(),
                 },
                 state.now(),

@@ -177,7 +177,10 @@ impl Server {
 
     /// Creates a token and returns its secret.
     pub async fn token(&self, name: &str, roles: &[&str]) -> String {
-        let answer = self.post("/api/v1/tokens", &self.admin, serde_json::json!({"name": name, "roles": roles})).await;
+        // A ci token must be scoped to services; tests give it one that does not exist.
+        let services: &[&str] = if roles.contains(&"ci") { &["some-service"] } else { &[] };
+        let body = serde_json::json!({"name": name, "roles": roles, "services": services});
+        let answer = self.post("/api/v1/tokens", &self.admin, body).await;
         assert_eq!(answer.status, 201, "{}", answer.text);
         answer.body["secret"].as_str().unwrap().to_owned()
     }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod harness;
+mod releases;
 mod runs;
 mod secrets;
 mod security;

@@ -148,7 +148,13 @@ async fn logs_page_in_order() {
 #[tokio::test]
 async fn tokens_are_unique_by_name_while_active() {
     let (_dir, s) = store().await;
-    let token = NewToken { name: "ci".into(), hash: "h1".into(), roles: vec!["ci".into()], created_by: "admin".into() };
+    let token = NewToken {
+        name: "ci".into(),
+        hash: "h1".into(),
+        roles: vec!["ci".into()],
+        services: vec!["api".into()],
+        created_by: "admin".into(),
+    };
     s.create_token(token.clone(), T0).await.unwrap();
     assert!(matches!(
         s.create_token(NewToken { hash: "h2".into(), ..token.clone() }, T0).await,
@@ -207,4 +213,31 @@ async fn runs_filter_and_latest_per_stack() {
     );
     let queued = s.runs(&RunFilter { status: Some(RunStatus::Queued), ..Default::default() }).await.unwrap();
     assert_eq!(queued.len(), 3);
+}
+
+#[tokio::test]
+async fn releases_are_recorded_together_and_never_change() {
+    let (dir, s) = store().await;
+    let images: BTreeMap<String, String> = [("app".to_owned(), "v1".to_owned())].into();
+    let new = |env: &str| plinth_store::NewRelease {
+        service: "api".into(),
+        environment: env.into(),
+        images: images.clone(),
+        commit: Some("abcdef1".into()),
+        source: "branch:main".into(),
+        published_by: "ci".into(),
+    };
+    let created = s.create_releases(&[new("prd"), new("stg")], T0).await.unwrap();
+    assert_eq!(created.iter().map(|r| r.environment.as_str()).collect::<Vec<_>>(), ["prd", "stg"]);
+    s.create_releases(&[new("stg")], T0).await.unwrap();
+    let stg = s.releases("api", "stg", None, 10).await.unwrap();
+    assert_eq!(stg.len(), 2);
+    assert!(stg[0].id > stg[1].id, "newest first");
+    assert_eq!(s.releases("api", "stg", Some(stg[0].id), 10).await.unwrap(), vec![stg[1].clone()]);
+    assert_eq!(s.release(created[0].id).await.unwrap().unwrap(), created[0]);
+    // Even with direct SQL, releases cannot be changed or removed.
+    let pool =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("plinth.db").display())).await.unwrap();
+    assert!(sqlx::query("UPDATE releases SET images = '{}'").execute(&pool).await.is_err());
+    assert!(sqlx::query("DELETE FROM releases").execute(&pool).await.is_err());
 }
