@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod changes;
 pub mod config;
+pub mod deploy;
 pub mod error;
 mod glob;
 pub mod inputs;

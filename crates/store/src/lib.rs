@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use plinth_core::ErrorCode;
+use plinth_core::deploy::{DeploymentKind, DeploymentStatus};
 use plinth_core::run::{PlanSummary, Run, RunMode, RunStatus};
 use plinth_core::secret::Scope;
 use plinth_core::time::Timestamp;
@@ -329,6 +330,43 @@ pub struct NewRelease {
     pub published_by: String,
 }
 
+/// A deployment of a release to its service and environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: i64,
+    pub release_id: i64,
+    pub service: String,
+    pub environment: String,
+    pub kind: DeploymentKind,
+    pub status: DeploymentStatus,
+    pub reason: Option<String>,
+    pub created_by: String,
+    pub approved_by: Option<String>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+}
+
+/// One step of a deployment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentEvent {
+    pub seq: i64,
+    pub at: Timestamp,
+    pub message: String,
+}
+
+/// A deployment to create.
+#[derive(Clone, Debug)]
+pub struct NewDeployment {
+    pub release_id: i64,
+    pub service: String,
+    pub environment: String,
+    pub kind: DeploymentKind,
+    /// Whether it waits for an approver first.
+    pub needs_approval: bool,
+    pub created_by: String,
+}
+
 /// What a start attempt found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Start {
@@ -417,6 +455,30 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn releases(&self, service: &str, environment: &str, before: Option<i64>, limit: u32)
     -> Result<Vec<Release>>;
     async fn release(&self, id: i64) -> Result<Option<Release>>;
+
+    /// Creates a deployment, and marks the waiting (queued or awaiting approval) deployments of
+    /// the same service and environment superseded, in one transaction. Returns the new one and
+    /// those it superseded.
+    async fn create_deployment(&self, new: NewDeployment, now: Timestamp) -> Result<(Deployment, Vec<Deployment>)>;
+    async fn deployment(&self, id: i64) -> Result<Option<Deployment>>;
+    /// A service's deployments in an environment, newest first.
+    async fn deployments(&self, service: &str, environment: &str, limit: u32) -> Result<Vec<Deployment>>;
+    /// Every deployment that has not finished, oldest first.
+    async fn unfinished_deployments(&self) -> Result<Vec<Deployment>>;
+    /// The newest succeeded deployment of each service and environment.
+    async fn current_deployments(&self) -> Result<Vec<Deployment>>;
+    /// Moves a deployment to `to` if its status allows it (compare-and-set); `None` if not.
+    /// `in_progress` sets `started_at`; final statuses set `finished_at`.
+    async fn move_deployment(
+        &self,
+        id: i64,
+        to: DeploymentStatus,
+        reason: Option<String>,
+        approved_by: Option<String>,
+        now: Timestamp,
+    ) -> Result<Option<Deployment>>;
+    async fn append_deployment_event(&self, id: i64, message: &str, now: Timestamp) -> Result<()>;
+    async fn deployment_events(&self, id: i64) -> Result<Vec<DeploymentEvent>>;
 
     /// Closes the connections once the work in flight is done; for a clean stop (SQLite folds
     /// its write-ahead log back into the database file).

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use plinth_core::deploy::{DeploymentKind, DeploymentStatus};
 use plinth_core::run::{PlanSummary, Run, RunMode, RunStatus};
 use plinth_core::secret::Scope;
 use plinth_core::time::Timestamp;
@@ -14,9 +15,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use crate::{
-    AuditEntry, AuditFilter, Event, Lock, LogLine, NewAudit, NewEvent, NewRelease, NewRun, NewSecretVersion, NewToken,
-    Recorded, Release, Result, Rewrapped, RunFilter, RunPatch, SealedSecret, SecretKey, SecretMeta, Start, Store,
-    StoreError, Token, UnlockOutcome,
+    AuditEntry, AuditFilter, Deployment, DeploymentEvent, Event, Lock, LogLine, NewAudit, NewDeployment, NewEvent,
+    NewRelease, NewRun, NewSecretVersion, NewToken, Recorded, Release, Result, Rewrapped, RunFilter, RunPatch,
+    SealedSecret, SecretKey, SecretMeta, Start, Store, StoreError, Token, UnlockOutcome,
 };
 
 /// plinth's state in a SQLite file.
@@ -96,6 +97,25 @@ fn token_from_row(row: &SqliteRow) -> Result<Token> {
         created_by: row.try_get("created_by")?,
         created_at: Timestamp(row.try_get("created_at")?),
         revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(Timestamp),
+    })
+}
+
+fn deployment_from_row(row: &SqliteRow) -> Result<Deployment> {
+    let kind: String = row.try_get("kind")?;
+    let status: String = row.try_get("status")?;
+    Ok(Deployment {
+        id: row.try_get("id")?,
+        release_id: row.try_get("release_id")?,
+        service: row.try_get("service")?,
+        environment: row.try_get("environment")?,
+        kind: DeploymentKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("deployment kind `{kind}`")))?,
+        status: status.parse().map_err(StoreError::Corrupt)?,
+        reason: row.try_get("reason")?,
+        created_by: row.try_get("created_by")?,
+        approved_by: row.try_get("approved_by")?,
+        created_at: Timestamp(row.try_get("created_at")?),
+        started_at: row.try_get::<Option<i64>, _>("started_at")?.map(Timestamp),
+        finished_at: row.try_get::<Option<i64>, _>("finished_at")?.map(Timestamp),
     })
 }
 
@@ -860,6 +880,137 @@ impl Store for SqliteStore {
     async fn release(&self, id: i64) -> Result<Option<Release>> {
         let row = sqlx::query("SELECT * FROM releases WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(release_from_row).transpose()
+    }
+
+    async fn create_deployment(&self, new: NewDeployment, now: Timestamp) -> Result<(Deployment, Vec<Deployment>)> {
+        let mut tx = self.write().await?;
+        let superseded_rows = sqlx::query(
+            "UPDATE deployments SET status = 'superseded', finished_at = ?, reason = 'a newer release came first' \
+             WHERE service = ? AND environment = ? AND status IN ('queued', 'awaiting_approval') RETURNING *",
+        )
+        .bind(now.0)
+        .bind(&new.service)
+        .bind(&new.environment)
+        .fetch_all(&mut *tx)
+        .await?;
+        let status = if new.needs_approval { DeploymentStatus::AwaitingApproval } else { DeploymentStatus::Queued };
+        let row = sqlx::query(
+            "INSERT INTO deployments (release_id, service, environment, kind, status, created_by, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+        )
+        .bind(new.release_id)
+        .bind(&new.service)
+        .bind(&new.environment)
+        .bind(new.kind.as_str())
+        .bind(status.as_str())
+        .bind(&new.created_by)
+        .bind(now.0)
+        .fetch_one(&mut *tx)
+        .await?;
+        let created = deployment_from_row(&row)?;
+        let superseded = superseded_rows.iter().map(deployment_from_row).collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok((created, superseded))
+    }
+
+    async fn deployment(&self, id: i64) -> Result<Option<Deployment>> {
+        let row = sqlx::query("SELECT * FROM deployments WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(deployment_from_row).transpose()
+    }
+
+    async fn deployments(&self, service: &str, environment: &str, limit: u32) -> Result<Vec<Deployment>> {
+        let rows =
+            sqlx::query("SELECT * FROM deployments WHERE service = ? AND environment = ? ORDER BY id DESC LIMIT ?")
+                .bind(service)
+                .bind(environment)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    async fn unfinished_deployments(&self) -> Result<Vec<Deployment>> {
+        let rows = sqlx::query(
+            "SELECT * FROM deployments WHERE status IN ('queued', 'awaiting_approval', 'in_progress') ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    async fn current_deployments(&self) -> Result<Vec<Deployment>> {
+        let rows = sqlx::query(
+            "SELECT * FROM deployments WHERE id IN (SELECT MAX(id) FROM deployments WHERE status = 'succeeded' \
+             GROUP BY service, environment) ORDER BY service, environment",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    async fn move_deployment(
+        &self,
+        id: i64,
+        to: DeploymentStatus,
+        reason: Option<String>,
+        approved_by: Option<String>,
+        now: Timestamp,
+    ) -> Result<Option<Deployment>> {
+        let mut tx = self.write().await?;
+        let Some(row) = sqlx::query("SELECT * FROM deployments WHERE id = ?").bind(id).fetch_optional(&mut *tx).await?
+        else {
+            return Ok(None);
+        };
+        let current = deployment_from_row(&row)?;
+        if !current.status.can_move_to(to) {
+            return Ok(None);
+        }
+        let started = (to == DeploymentStatus::InProgress).then_some(now.0);
+        let finished = to.is_final().then_some(now.0);
+        let row = sqlx::query(
+            "UPDATE deployments SET status = ?, reason = COALESCE(?, reason), approved_by = COALESCE(?, approved_by), \
+             started_at = COALESCE(?, started_at), finished_at = COALESCE(?, finished_at) WHERE id = ? RETURNING *",
+        )
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(approved_by)
+        .bind(started)
+        .bind(finished)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let moved = deployment_from_row(&row)?;
+        tx.commit().await?;
+        Ok(Some(moved))
+    }
+
+    async fn append_deployment_event(&self, id: i64, message: &str, now: Timestamp) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO deployment_events (deployment_id, seq, at, message) VALUES \
+             (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM deployment_events WHERE deployment_id = ?1), ?2, ?3)",
+        )
+        .bind(id)
+        .bind(now.0)
+        .bind(message)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn deployment_events(&self, id: i64) -> Result<Vec<DeploymentEvent>> {
+        let rows = sqlx::query("SELECT seq, at, message FROM deployment_events WHERE deployment_id = ? ORDER BY seq")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeploymentEvent {
+                    seq: row.try_get("seq")?,
+                    at: Timestamp(row.try_get("at")?),
+                    message: row.try_get("message")?,
+                })
+            })
+            .collect()
     }
 
     async fn close(&self) {

@@ -241,3 +241,58 @@ async fn releases_are_recorded_together_and_never_change() {
     assert!(sqlx::query("UPDATE releases SET images = '{}'").execute(&pool).await.is_err());
     assert!(sqlx::query("DELETE FROM releases").execute(&pool).await.is_err());
 }
+
+#[tokio::test]
+async fn a_newer_release_supersedes_waiting_deployments_and_statuses_move_forward() {
+    use plinth_core::deploy::{DeploymentKind, DeploymentStatus};
+    use plinth_store::NewDeployment;
+    let (_dir, s) = store().await;
+    let images: BTreeMap<String, String> = [("app".to_owned(), "v1".to_owned())].into();
+    let release = |env: &str| plinth_store::NewRelease {
+        service: "api".into(),
+        environment: env.into(),
+        images: images.clone(),
+        commit: None,
+        source: "env".into(),
+        published_by: "ci".into(),
+    };
+    let r = s.create_releases(&[release("prd"), release("prd"), release("prd")], T0).await.unwrap();
+    let new = |id: i64, approval: bool| NewDeployment {
+        release_id: id,
+        service: "api".into(),
+        environment: "prd".into(),
+        kind: DeploymentKind::Release,
+        needs_approval: approval,
+        created_by: "ci".into(),
+    };
+    let (first, none) = s.create_deployment(new(r[0].id, false), T0).await.unwrap();
+    assert!(none.is_empty());
+    assert_eq!(first.status, DeploymentStatus::Queued);
+    let started = s.move_deployment(first.id, DeploymentStatus::InProgress, None, None, T0).await.unwrap().unwrap();
+    assert!(started.started_at.is_some());
+    let (second, none) = s.create_deployment(new(r[1].id, true), T0).await.unwrap();
+    assert!(none.is_empty(), "a deployment in progress is not superseded");
+    assert_eq!(second.status, DeploymentStatus::AwaitingApproval);
+    let (third, superseded) = s.create_deployment(new(r[2].id, false), T0).await.unwrap();
+    assert_eq!(
+        superseded.iter().map(|d| (d.id, d.status)).collect::<Vec<_>>(),
+        [(second.id, DeploymentStatus::Superseded)]
+    );
+    // Moves the rules do not allow are refused.
+    assert!(s.move_deployment(second.id, DeploymentStatus::Queued, None, None, T0).await.unwrap().is_none());
+    let done = s.move_deployment(first.id, DeploymentStatus::Succeeded, None, None, T0).await.unwrap().unwrap();
+    assert!(done.finished_at.is_some());
+    assert_eq!(s.current_deployments().await.unwrap(), vec![done.clone()]);
+    assert_eq!(s.unfinished_deployments().await.unwrap().iter().map(|d| d.id).collect::<Vec<_>>(), [third.id]);
+    s.append_deployment_event(third.id, "started 1 new instance", T0).await.unwrap();
+    s.append_deployment_event(third.id, "instance healthy", T0).await.unwrap();
+    let events = s.deployment_events(third.id).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| (e.seq, e.message.as_str())).collect::<Vec<_>>(),
+        [(1, "started 1 new instance"), (2, "instance healthy")]
+    );
+    assert_eq!(
+        s.deployments("api", "prd", 10).await.unwrap().iter().map(|d| d.id).collect::<Vec<_>>(),
+        [third.id, second.id, first.id]
+    );
+}
