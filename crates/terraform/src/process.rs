@@ -1,5 +1,6 @@
 //! Running a child process in its own process group: an explicit environment, output streamed
-//! line by line, SIGINT then SIGKILL to the whole group on cancellation, and nothing left
+//! line by line, a stop signal (SIGINT for terraform, see [`run`]; any other with
+//! [`run_stopping_with`]) then SIGKILL to the whole group on cancellation, and nothing left
 //! running when the run ends or its future is dropped.
 //!
 //! When this process dies without running any destructor (SIGKILL, the OOM killer), the kernel
@@ -138,14 +139,15 @@ impl fmt::Display for Exit {
 pub enum Ending {
     /// It ended by itself; no cancellation was asked for while it ran.
     Completed,
-    /// Cancellation sent SIGINT to its group and it exited within the grace period.
+    /// Cancellation sent the stop signal (SIGINT for [`run`]) to its group and it exited
+    /// within the grace period.
     Interrupted,
-    /// It was still running when the grace period after SIGINT ran out, and its group was
-    /// sent SIGKILL.
+    /// It was still running when the grace period after the stop signal ran out, and its
+    /// group was sent SIGKILL.
     Killed,
 }
 
-/// The result of [`run`].
+/// The result of [`run`] and [`run_stopping_with`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Finished {
     pub exit: Exit,
@@ -265,6 +267,24 @@ pub async fn run(
     run_with(spec, &mut ChannelSink(output), cancel, grace, on_spawn).await
 }
 
+/// [`run`], but cancellation sends `stop_signal` to the process group instead of SIGINT, then
+/// SIGKILL if the group is still running `grace` later. Services expect SIGTERM; terraform
+/// expects SIGINT, which is what [`run`] sends.
+///
+/// Everything else is as for [`run`]: the group is killed when the process exits or the future
+/// is dropped, the child dies with this process (on Linux, tied to the thread that polls the
+/// future), and `on_spawn` reports the group's id as the child starts.
+pub async fn run_stopping_with(
+    spec: &ProcessSpec,
+    output: &UnboundedSender<OutputLine>,
+    cancel: &CancellationToken,
+    stop_signal: Signal,
+    grace: Duration,
+    on_spawn: Option<&(dyn Fn(u32) + Send + Sync)>,
+) -> Result<Finished, ProcessError> {
+    run_sink(spec, &mut ChannelSink(output), cancel, stop_signal, grace, on_spawn).await
+}
+
 /// Sends SIGKILL to the process group `pgid`, such as one that [`run`] reported through
 /// `on_spawn` and that a process which died without cleaning up left behind. Returns whether
 /// the signal was delivered; a group that no longer exists is not an error.
@@ -309,6 +329,18 @@ pub(crate) async fn run_with(
     grace: Duration,
     on_spawn: Option<&(dyn Fn(u32) + Send + Sync)>,
 ) -> Result<Finished, ProcessError> {
+    run_sink(spec, sink, cancel, Signal::SIGINT, grace, on_spawn).await
+}
+
+/// [`run_stopping_with`] with output going to any [`Sink`].
+async fn run_sink(
+    spec: &ProcessSpec,
+    sink: &mut (dyn Sink + Send),
+    cancel: &CancellationToken,
+    stop_signal: Signal,
+    grace: Duration,
+    on_spawn: Option<&(dyn Fn(u32) + Send + Sync)>,
+) -> Result<Finished, ProcessError> {
     let mut command = Command::new(&spec.program);
     command
         .args(&spec.args)
@@ -339,8 +371,8 @@ pub(crate) async fn run_with(
     let mut exit: Option<Exit> = None;
     let mut interrupted = false;
     let mut killed = false;
-    // Armed when SIGINT is sent (then SIGKILL is due) and again when the process exits (then
-    // reading what is left of the output must end).
+    // Armed when the stop signal is sent (then SIGKILL is due) and again when the process
+    // exits (then reading what is left of the output must end).
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
     let mut timer_armed = false;
@@ -362,9 +394,9 @@ pub(crate) async fn run_with(
             }
             () = cancel.cancelled(), if exit.is_none() && !interrupted => {
                 interrupted = true;
-                debug!(program = %spec.program, pid, grace_ms = grace.as_millis(), "Cancelled; sending SIGINT to the process group.");
+                debug!(program = %spec.program, pid, signal = %stop_signal, grace_ms = grace.as_millis(), "Cancelled; sending the stop signal to the process group.");
                 if let Some(group) = &group {
-                    group.signal(Signal::SIGINT, &spec.program);
+                    group.signal(stop_signal, &spec.program);
                 }
                 timer.as_mut().reset(Instant::now() + grace);
                 timer_armed = true;

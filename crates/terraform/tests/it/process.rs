@@ -7,8 +7,9 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use nix::unistd::{Pid, getpgid};
-use plinth_terraform::process::{Ending, Exit, ProcessError, ProcessSpec, run};
+use plinth_terraform::process::{Ending, Exit, ProcessError, ProcessSpec, run, run_stopping_with};
 use plinth_terraform::{Stream, base_env, kill_group};
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::time::Instant;
@@ -124,6 +125,32 @@ async fn cancelling_interrupts_the_group() {
     assert!(cancelled_at.elapsed() < grace, "took {:?}", cancelled_at.elapsed());
     assert_eq!(done.ending, Ending::Interrupted);
     assert_eq!(done.exit, Exit::Signal(2));
+    wait_until_gone(pid).await;
+}
+
+#[tokio::test]
+async fn cancelling_with_another_stop_signal_sends_that_signal() {
+    let sandbox = Sandbox::new();
+    let h = Harness::new();
+    let pid_file = sandbox.path("pid");
+    // A service that shuts down cleanly on SIGTERM and would die of SIGINT. The shell waits on
+    // a background sleep so that the trap runs as soon as the signal arrives.
+    let script = format!(
+        r#"trap 'echo got TERM; exit 0' TERM; trap 'echo got INT; exit 1' INT; sleep 30 & echo $$ > '{}'; wait"#,
+        pid_file.display()
+    );
+    let spec = sh(&sandbox, &script, &[]);
+    let grace = Duration::from_secs(5);
+    let canceller = async {
+        let pid = wait_for_pid(&pid_file).await;
+        h.cancel.cancel();
+        pid
+    };
+    let (done, pid) = tokio::join!(run_stopping_with(&spec, &h.tx, &h.cancel, Signal::SIGTERM, grace, None), canceller);
+    let done = done.unwrap();
+    assert_eq!(done.ending, Ending::Interrupted);
+    assert_eq!(done.exit, Exit::Code(0));
+    assert_eq!(texts(&h.lines(), Stream::Stdout), ["got TERM"]);
     wait_until_gone(pid).await;
 }
 

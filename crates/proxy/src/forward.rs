@@ -1,0 +1,230 @@
+//! Forwarding one request: find the host's route, choose a backend, send the request over a
+//! pooled or new connection, retry what was never sent, and stream the answer back; or, for a
+//! protocol switch, join the two upgraded connections.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{HOST, HeaderValue};
+use hyper::upgrade::OnUpgrade;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::backend::{BackendState, InFlight, Sender};
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::headers;
+use crate::routes::normalize_host;
+use crate::{Active, Inner};
+
+/// How often a request looks at newer routes after its choice left them, before giving up.
+const MAX_ROUTE_RELOADS: usize = 16;
+
+/// What one client connection shares with its requests.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) inner: Arc<Inner>,
+    /// The client's IP, ready for `X-Forwarded-For`.
+    pub(crate) client_ip: HeaderValue,
+    /// Upgraded connections are tracked and closed with the server.
+    pub(crate) tracker: TaskTracker,
+    pub(crate) abort: CancellationToken,
+}
+
+/// Answers one request. Never fails: problems become the proxy's own error answers.
+pub(crate) async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    if req.method() == Method::CONNECT {
+        return ProxyError::ConnectNotSupported.into_response();
+    }
+    let inner = &conn.inner;
+    let mut active = inner.active();
+    let mut index = match route_index(&active, &req) {
+        Ok(index) => index,
+        Err(error) => return error.into_response(),
+    };
+    let upgrade = headers::is_upgrade(req.headers());
+    headers::prepare_request(&mut req, &conn.client_ip, upgrade);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // For error answers; a cheap clone of the header as hyper read it.
+    let host = req.headers().get(HOST).cloned();
+
+    // Backends whose connect failed for this request; allocated only on a failure.
+    let mut tried: Vec<Arc<BackendState>> = Vec::new();
+    let mut reloads = 0;
+    loop {
+        let upstream = &active.upstreams[index];
+        if upstream.is_empty() {
+            return ProxyError::NoHealthyInstance { host: host_text(host.as_ref()) }.into_response();
+        }
+        let Some(backend) = upstream.choose(&tried, || inner.now_ms(), inner.cooldown_ms()) else {
+            return ProxyError::Unreachable { host: host_text(host.as_ref()) }.into_response();
+        };
+        let Some(in_flight) = backend.try_acquire() else {
+            // The routes changed since this request read them; look again in the new ones.
+            reloads += 1;
+            if reloads > MAX_ROUTE_RELOADS {
+                return ProxyError::NoHealthyInstance { host: host_text(host.as_ref()) }.into_response();
+            }
+            active = inner.active();
+            index = match route_index(&active, &req) {
+                Ok(index) => index,
+                Err(error) => return error.into_response(),
+            };
+            continue;
+        };
+        match send(inner, in_flight.backend(), req).await {
+            Ok((response, sender)) => {
+                return respond(conn, in_flight, sender, response, client_upgrade, host.as_ref());
+            }
+            Err(SendError::Unsent(request, error)) => {
+                let backend = Arc::clone(in_flight.backend());
+                drop(in_flight);
+                if backend.connect_failed(inner.now_ms()) {
+                    warn!(backend = %backend.backend.id, addr = %backend.backend.addr, %error,
+                        "Connecting to the backend failed; trying the others first for a while.");
+                } else {
+                    debug!(backend = %backend.backend.id, %error, "Connecting to the backend failed again.");
+                }
+                tried.push(backend);
+                req = *request;
+            }
+            Err(SendError::Sent(error)) => {
+                debug!(backend = %in_flight.backend().backend.id, %error, "The backend failed after the request was sent.");
+                return ProxyError::BackendFailed { host: host_text(host.as_ref()) }.into_response();
+            }
+        }
+    }
+}
+
+fn route_index<B>(active: &Active, req: &Request<B>) -> Result<usize, ProxyError> {
+    let host = match req.uri().authority() {
+        Some(authority) => authority.host(),
+        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()).ok_or(ProxyError::InvalidHost)?,
+    };
+    let host = normalize_host(host);
+    if host.is_empty() {
+        return Err(ProxyError::InvalidHost);
+    }
+    active.table.position(&host).ok_or_else(|| ProxyError::UnknownHost { host: host.into_owned() })
+}
+
+fn host_text(host: Option<&HeaderValue>) -> String {
+    normalize_host(host.and_then(|h| h.to_str().ok()).unwrap_or_default()).into_owned()
+}
+
+enum SendError {
+    /// Nothing was written to the backend: the request comes back for another one. Boxed,
+    /// as this is the rare path.
+    Unsent(Box<Request<Incoming>>, ConnectError),
+    /// The request was (at least partly) written, so it is not sent again.
+    Sent(hyper::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("connecting timed out")]
+    TimedOut,
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("{0}")]
+    Http(hyper::Error),
+}
+
+/// Sends a request to a backend: over an idle connection if one is left (a connection that
+/// closed meanwhile hands the request back), else over a new one.
+async fn send(
+    inner: &Inner,
+    backend: &BackendState,
+    mut req: Request<Incoming>,
+) -> Result<(Response<Incoming>, Sender), SendError> {
+    while let Some(mut sender) = backend.checkout() {
+        match sender.try_send_request(req).await {
+            Ok(response) => return Ok((response, sender)),
+            Err(mut error) => match error.take_message() {
+                Some(unsent) => req = unsent,
+                None => return Err(SendError::Sent(error.into_error())),
+            },
+        }
+    }
+    let mut sender = match connect(inner, backend).await {
+        Ok(sender) => sender,
+        Err(error) => return Err(SendError::Unsent(Box::new(req), error)),
+    };
+    backend.connect_succeeded();
+    match sender.try_send_request(req).await {
+        Ok(response) => Ok((response, sender)),
+        Err(mut error) => match error.take_message() {
+            Some(unsent) => Err(SendError::Unsent(Box::new(unsent), ConnectError::Http(error.into_error()))),
+            None => Err(SendError::Sent(error.into_error())),
+        },
+    }
+}
+
+async fn connect(inner: &Inner, backend: &BackendState) -> Result<Sender, ConnectError> {
+    let addr = backend.backend.addr;
+    let stream = tokio::time::timeout(inner.config.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::TimedOut)?
+        .map_err(ConnectError::Io)?;
+    stream.set_nodelay(true).map_err(ConnectError::Io)?;
+    let (sender, connection) = inner.client.handshake(TokioIo::new(stream)).await.map_err(ConnectError::Http)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            debug!(%addr, %error, "A backend connection ended with an error.");
+        }
+    });
+    Ok(sender)
+}
+
+/// Turns the backend's response into the client's: hop-by-hop headers removed, the body
+/// streamed with the request's count; a switch of protocols becomes a tunnel.
+fn respond(
+    conn: &Conn,
+    in_flight: InFlight,
+    sender: Sender,
+    mut response: Response<Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+    host: Option<&HeaderValue>,
+) -> Response<ProxyBody> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            debug!(backend = %in_flight.backend().backend.id, "The backend switched protocols unasked.");
+            return ProxyError::BackendFailed { host: host_text(host) }.into_response();
+        };
+        let backend_upgrade = hyper::upgrade::on(&mut response);
+        conn.tracker.spawn(tunnel(client_upgrade, backend_upgrade, in_flight, sender, conn.abort.clone()));
+        let (mut parts, _) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, true);
+        return Response::from_parts(parts, ProxyBody::empty());
+    }
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(parts, ProxyBody::forwarded(body, in_flight, sender))
+}
+
+/// Copies bytes both ways between the client's and the backend's upgraded connections until
+/// both are done, counted against the backend all along.
+async fn tunnel(client: OnUpgrade, backend: OnUpgrade, in_flight: InFlight, sender: Sender, abort: CancellationToken) {
+    let id = in_flight.backend().backend.id.clone();
+    let copy = async {
+        let (client, backend) = match tokio::try_join!(client, backend) {
+            Ok(both) => both,
+            Err(error) => return debug!(backend = %id, %error, "A protocol switch did not complete."),
+        };
+        drop(sender);
+        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+        match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            Ok((up, down)) => debug!(backend = %id, up, down, "An upgraded connection closed."),
+            Err(error) => debug!(backend = %id, %error, "An upgraded connection failed."),
+        }
+    };
+    tokio::select! {
+        () = copy => {}
+        () = abort.cancelled() => debug!(backend = %id, "An upgraded connection was closed by the shutdown."),
+    }
+    drop(in_flight);
+}

@@ -1,0 +1,154 @@
+//! The accept loop: one task per client connection, idle backend connections reaped, and the
+//! shutdown (stop accepting, let what is in flight finish for a grace period, close the rest).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::header::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::Inner;
+use crate::error::ServeError;
+use crate::forward::{self, Conn};
+
+/// How long accepting pauses after an error that is not about one client (such as running
+/// out of file descriptors), so that the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+pub(crate) async fn serve(
+    inner: Arc<Inner>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr().map_err(ServeError::Listener)?;
+    let tracker = TaskTracker::new();
+    // Cancelled at the shutdown signal: connections finish their request and close.
+    let graceful = CancellationToken::new();
+    // Cancelled when the grace period is over: whatever is left closes now.
+    let abort = CancellationToken::new();
+    tracker.spawn(reap_idle(Arc::clone(&inner), graceful.clone()));
+    info!(%addr, "The proxy is listening.");
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                let conn = Conn {
+                    inner: Arc::clone(&inner),
+                    client_ip: client_ip(client),
+                    tracker: tracker.clone(),
+                    abort: abort.clone(),
+                };
+                tracker.spawn(connection(stream, client, conn, graceful.clone(), abort.clone()));
+            }
+            Err(error) if is_about_one_client(&error) => debug!(%error, "A client left before it was accepted."),
+            Err(error) => {
+                error!(%addr, %error, "Accepting a connection failed; pausing before the next.");
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                }
+            }
+        }
+    }
+
+    drop(listener);
+    graceful.cancel();
+    tracker.close();
+    info!(%addr, connections = tracker.len(), "The proxy stopped accepting; waiting for requests in flight.");
+    if tokio::time::timeout(inner.config.shutdown_grace, tracker.wait()).await.is_err() {
+        warn!(%addr, left = tracker.len(), "The shutdown grace period is over; closing what is left.");
+        abort.cancel();
+        tracker.wait().await;
+    }
+    for backend in inner.backends() {
+        backend.close_idle();
+    }
+    info!(%addr, "The proxy stopped.");
+    Ok(())
+}
+
+/// Serves one client connection until it closes, the shutdown asks it to finish, or the grace
+/// period ends.
+async fn connection(
+    stream: TcpStream,
+    client: SocketAddr,
+    conn: Conn,
+    graceful: CancellationToken,
+    abort: CancellationToken,
+) {
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%client, %error, "Could not set TCP_NODELAY.");
+    }
+    let inner = Arc::clone(&conn.inner);
+    let conn = Arc::new(conn);
+    let service = service_fn(move |req| {
+        let conn = Arc::clone(&conn);
+        async move { Ok::<_, Infallible>(forward::handle(&conn, req).await) }
+    });
+    let connection = inner.server.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = graceful.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = connection.as_mut() => result,
+                () = abort.cancelled() => Ok(()),
+            }
+        }
+    };
+    if let Err(error) = result {
+        debug!(%client, %error, "A client connection ended with an error.");
+    }
+}
+
+/// Closes idle backend connections that aged out, so that an unused pool does not hold them.
+async fn reap_idle(inner: Arc<Inner>, stop: CancellationToken) {
+    let period = inner.config.pool_idle_timeout.max(Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {
+                let now = Instant::now();
+                for backend in inner.backends() {
+                    backend.reap_idle(now);
+                }
+            }
+        }
+    }
+}
+
+fn client_ip(client: SocketAddr) -> HeaderValue {
+    // An IP address is always a valid header value. IPv4 clients of an IPv6 listener appear
+    // as plain IPv4.
+    HeaderValue::from_str(&client.ip().to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Errors that concern one connection only; accepting the next one goes straight on.
+fn is_about_one_client(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}

@@ -1,0 +1,102 @@
+//! What the tests start: real backends, the proxy on a free port, and clients over real TCP.
+
+mod backend;
+mod client;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use plinth_proxy::{Proxy, ProxyConfig, RouteTable, ServeError};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use backend::TestBackend;
+pub use client::{Client, Raw, get, handshake};
+
+/// How long any one wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Awaits `future`, failing the test if it takes longer than [`DEADLINE`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(DEADLINE, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// A route table from `(host, backends)` pairs.
+pub fn routes(pairs: &[(&str, &[&TestBackend])]) -> RouteTable {
+    let mut table = RouteTable::new();
+    for (host, backends) in pairs {
+        table.insert(host, backends.iter().map(|b| b.backend()).collect()).unwrap();
+    }
+    table
+}
+
+/// An address nothing listens on: bound, then closed.
+pub async fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The proxy serving on 127.0.0.1:0 in a task of its own.
+#[derive(Debug)]
+pub struct TestProxy {
+    pub proxy: Proxy,
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    served: JoinHandle<Result<(), ServeError>>,
+}
+
+impl TestProxy {
+    pub async fn start(table: RouteTable) -> Self {
+        Self::with_config(ProxyConfig::default(), table).await
+    }
+
+    pub async fn with_config(config: ProxyConfig, table: RouteTable) -> Self {
+        let proxy = Proxy::new(config);
+        proxy.set_routes(table);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let serving = proxy.clone();
+        let served = tokio::spawn(async move {
+            serving
+                .serve(listener, async {
+                    let _ = signal.await;
+                })
+                .await
+        });
+        Self { proxy, addr, shutdown: Some(shutdown), served }
+    }
+
+    /// Resolves the shutdown future `serve` was given.
+    pub fn shut_down(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+
+    /// Whether `serve` has returned.
+    pub fn is_stopped(&self) -> bool {
+        self.served.is_finished()
+    }
+
+    /// The task running `serve`, to await with a timeout of the test's own.
+    pub fn served(&mut self) -> &mut JoinHandle<Result<(), ServeError>> {
+        &mut self.served
+    }
+
+    /// Waits for `serve` to return.
+    pub async fn stopped(&mut self) -> Result<(), ServeError> {
+        within("serve to return", &mut self.served).await.unwrap()
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
