@@ -55,6 +55,10 @@ enum Command {
     Tokens(commands::runs::TokensArgs),
     /// Read a plinth server's audit log (admin).
     Audit(commands::runs::AuditArgs),
+    /// Deployments of a service: status, history, show, approve, reject, cancel, rollback.
+    Deploy(commands::deploy::Args),
+    /// The output of a service's instances.
+    Logs(commands::deploy::LogsArgs),
     /// Releases of a service: publish (from CI, with imagedefinitions.json), list.
     Release(commands::release::Args),
     /// Secrets on a plinth server: set (from stdin), list (never values), rm, rotate-master-key.
@@ -92,6 +96,8 @@ fn main() -> ExitCode {
         Command::Audit(args) => commands::runs::audit(args),
         Command::Secrets(args) => commands::secrets::run(args),
         Command::Release(args) => commands::release::run(args),
+        Command::Deploy(args) => commands::deploy::run(args),
+        Command::Logs(args) => commands::deploy::logs(args),
         Command::DemoApp(args) => commands::demo_app::run(args),
     };
     match result {

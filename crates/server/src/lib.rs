@@ -7,6 +7,7 @@
 
 pub mod api;
 mod auth;
+mod deployer;
 mod error;
 mod logs;
 mod policy;
@@ -44,6 +45,8 @@ pub enum ServerError {
     MasterKey(#[from] plinth_secrets::SecretsError),
     #[error("could not finish the master key rotation: {0}")]
     Rotation(String),
+    #[error("the proxy could not listen on {addr}: {source}")]
+    ProxyListen { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 impl ErrorCode for ServerError {
@@ -56,6 +59,7 @@ impl ErrorCode for ServerError {
             ServerError::Http(_) => "server.http",
             ServerError::MasterKey(e) => e.code(),
             ServerError::Rotation(_) => "secret.rotation_failed",
+            ServerError::ProxyListen { .. } => "server.listen",
         }
     }
 
@@ -72,6 +76,9 @@ impl ErrorCode for ServerError {
             ServerError::Repo(e) => e.help(),
             ServerError::Http(_) => "Check that the listen address is free and allowed.".into(),
             ServerError::MasterKey(e) => e.help(),
+            ServerError::ProxyListen { .. } => {
+                "Pick a free address for --proxy-listen, or stop what listens there.".into()
+            }
             ServerError::Rotation(_) => {
                 "Check the master key file and its `.next` file beside it; both are needed until the rotation finishes."
                     .into()
@@ -90,6 +97,15 @@ pub struct Prepared {
     pub admin_token: Option<String>,
     /// The master key file, when this start created it: it must be backed up.
     pub master_key_created: Option<std::path::PathBuf>,
+    /// The proxy's listener, bound, when `proxy_listen` is set.
+    pub proxy: Option<tokio::net::TcpListener>,
+}
+
+impl Prepared {
+    /// Where the proxy listens (port 0 in the config is resolved here).
+    pub fn proxy_addr(&self) -> Option<std::net::SocketAddr> {
+        self.proxy.as_ref().and_then(|l| l.local_addr().ok())
+    }
 }
 
 /// Sets everything up; nothing is served or run yet.
@@ -115,7 +131,16 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     if let Err(e) = watcher::poll_once(&state, "poll").await {
         tracing::warn!(code = e.code, error = %e.message, "The first poll failed; polling goes on.");
     }
-    Ok(Prepared { state, admin_token, master_key_created })
+    let proxy = match state.config.proxy_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::ProxyListen { addr, source })?,
+        ),
+        None => None,
+    };
+    if let Err(e) = deployer::recover(&state).await {
+        tracing::error!(error = %e, "Could not bring the services back.");
+    }
+    Ok(Prepared { state, admin_token, master_key_created, proxy })
 }
 
 /// Opens the master key file, creating it (mode 0600) on the first start.
@@ -186,6 +211,16 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let watcher = tokio::spawn(watcher::run(state.clone()));
     let scheduler = tokio::spawn(scheduler::run(state.clone(), tracker.clone()));
+    let deploys = tokio::spawn(deployer::run(state.clone(), tracker.clone()));
+    let proxy = prepared.proxy.map(|listener| {
+        let proxy = state.deployer.proxy().clone();
+        let stop = state.shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = proxy.serve(listener, async move { stop.cancelled().await }).await {
+                tracing::error!(error = %e, "The proxy failed.");
+            }
+        })
+    });
     let stop = state.shutdown.clone();
     let signal = async move {
         shutdown.await;
@@ -198,6 +233,10 @@ pub async fn serve(
     tracing::info!("Stopping: no new runs; waiting for running terraform.");
     let _ = watcher.await;
     let _ = scheduler.await;
+    let _ = deploys.await;
+    if let Some(proxy) = proxy {
+        let _ = proxy.await;
+    }
     tracker.close();
     let grace = state.config.shutdown_grace;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {

@@ -163,6 +163,46 @@ pub async fn finish_pending_rotation(state: &AppState) -> Result<(), ApiError> {
         .map_err(|e| ApiError::from_error(&e))
 }
 
+/// The secrets a service's instances get: those of its environment and its own, always (a
+/// release reaches an environment only through a token allowed to publish there). Audited as
+/// handed to the instance.
+pub async fn for_instances(
+    state: &AppState,
+    service: &str,
+    environment: &str,
+    instance: &str,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let rows = state.store.sealed_secrets(environment).await.map_err(|e| e.to_string())?;
+    let chosen = secret::for_service(service, rows.iter().map(|r| (&r.meta.scope, r.meta.name.as_str())));
+    let mut out = std::collections::BTreeMap::new();
+    let mut handed = Vec::new();
+    for row in chosen.into_iter().map(|i| &rows[i]) {
+        let key = SecretKey {
+            environment: environment.to_owned(),
+            scope: row.meta.scope.clone(),
+            name: row.meta.name.clone(),
+        };
+        let value = plinth_secrets::open(state.keys.as_ref(), &aad(&key, row.meta.version), &sealed_of(row)?)
+            .await
+            .map_err(|e| format!("secret `{}` ({}): {e}", row.meta.name, row.meta.scope))?;
+        let text = String::from_utf8(value.expose().to_vec())
+            .map_err(|_| format!("secret `{}` is not UTF-8", row.meta.name))?;
+        handed.push(serde_json::json!({"name": row.meta.name, "scope": row.meta.scope, "version": row.meta.version}));
+        out.insert(row.meta.name.clone(), text);
+    }
+    if !handed.is_empty() {
+        let entry = NewAudit {
+            actor: "plinth".into(),
+            action: "secret.hand".into(),
+            object: format!("instance/{instance}"),
+            result: "ok".into(),
+            details: serde_json::json!({"environment": environment, "service": service, "secrets": handed}),
+        };
+        state.store.append_audit(entry, state.now()).await.map_err(|e| format!("could not audit the handing: {e}"))?;
+    }
+    Ok(out)
+}
+
 /// What a run phase gets: environment variables, and the redactor built from their values.
 /// `Debug` names the variables, never their values.
 #[derive(Default)]

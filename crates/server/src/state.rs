@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub terraform_grace: Duration,
     /// The master key that wraps secrets' data keys; `<data-dir>/master.key` when not set.
     pub master_key_file: Option<PathBuf>,
+    /// Where plinth's proxy listens for the services' hosts; no proxy when not set.
+    pub proxy_listen: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -63,6 +65,7 @@ impl ServerConfig {
             git_timeout: Duration::from_secs(120),
             terraform_grace: Duration::from_secs(30),
             master_key_file: None,
+            proxy_listen: None,
         }
     }
 }
@@ -136,6 +139,8 @@ pub struct Inner {
     /// Held while a secret is sealed and stored, and through a master key rotation, so that no
     /// value is stored under a key the rotation is retiring.
     pub secrets_write: tokio::sync::Mutex<()>,
+    /// Deploys: rollouts, the instances running, and the proxy in front of them.
+    pub deployer: crate::deployer::Deployer,
     pub wake_scheduler: Notify,
     pub wake_watcher: Notify,
     /// Serializes fetches and fetch-and-record, so that a webhook and the poll timer never
@@ -164,6 +169,7 @@ impl AppState {
             logs,
             keys,
             secrets_write: tokio::sync::Mutex::new(()),
+            deployer: crate::deployer::Deployer::new(plinth_proxy::Proxy::new(plinth_proxy::ProxyConfig::default())),
             wake_scheduler: Notify::new(),
             wake_watcher: Notify::new(),
             poll_lock: tokio::sync::Mutex::new(None),

@@ -3,6 +3,7 @@
 pub mod changed;
 pub mod check;
 pub mod demo_app;
+pub mod deploy;
 pub mod init;
 pub mod quickstart;
 pub mod release;

@@ -38,6 +38,10 @@ pub struct Args {
     /// Defaults to `<data-dir>/master.key`; keep it, and its backups, apart from the data dir's.
     #[arg(long)]
     master_key_file: Option<PathBuf>,
+    /// Where plinth's proxy serves the services' `hosts` (such as 127.0.0.1:8000); without it,
+    /// services run but nothing routes to them.
+    #[arg(long)]
+    proxy_listen: Option<SocketAddr>,
 }
 
 fn fail(code: &'static str, message: String, help: &str) -> Failure {
@@ -72,6 +76,7 @@ pub fn run(args: Args) -> Outcome {
     config.webhook_secret = webhook_secret;
     config.shutdown_grace = args.shutdown_grace;
     config.master_key_file = args.master_key_file.clone();
+    config.proxy_listen = args.proxy_listen;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,6 +92,9 @@ pub fn run(args: Args) -> Outcome {
         let prepared = plinth_server::prepare(config).await.map_err(|e| Failure::coded(&e, Format::Text))?;
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         outln!("plinth is serving http://{addr} for {}", args.repo);
+        if let Some(proxy) = prepared.proxy_addr() {
+            outln!("The proxy serves the services' hosts on http://{proxy}");
+        }
         if let Some(key) = &prepared.master_key_created {
             outln!(
                 "Created the master key that encrypts secrets: {}. Back it up, apart from the data dir's backups; without it no secret can be read.",

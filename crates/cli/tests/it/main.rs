@@ -7,6 +7,7 @@ mod check;
 mod client_errors;
 mod crash;
 mod demo_app;
+mod deploy;
 mod history;
 mod init;
 mod mapping;

@@ -116,6 +116,8 @@ fn healthy(addr: &str) -> bool {
 #[derive(Debug)]
 pub struct Server {
     pub url: String,
+    /// Where the server's proxy listens (`--proxy-listen`).
+    pub proxy: String,
     /// The admin token's secret, as the server wrote it to `<data-dir>/admin.token`.
     pub admin: String,
     pub repo: TestRepo,
@@ -130,10 +132,10 @@ impl Server {
     pub fn start(repo: TestRepo) -> Server {
         let dir = tempfile::Builder::new().prefix("plinth-server-").tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("marks")).unwrap();
-        let (child, addr) = launch(repo.path(), dir.path());
+        let (child, addr, proxy) = launch(repo.path(), dir.path());
         let admin = std::fs::read_to_string(dir.path().join("data").join("admin.token")).unwrap().trim().to_owned();
         assert!(admin.starts_with("plinth_"), "admin.token holds {admin:?}");
-        Server { url: format!("http://{addr}"), admin, repo, dir, child }
+        Server { url: format!("http://{addr}"), proxy, admin, repo, dir, child }
     }
 
     /// Kills the server with SIGKILL, as the OOM killer or a lost machine would.
@@ -145,9 +147,10 @@ impl Server {
     /// Starts the server again on the same repo and data dir (on a new port), after a stop.
     pub fn restart(&mut self) {
         assert!(self.child.try_wait().unwrap().is_some(), "the server is still running");
-        let (child, addr) = launch(self.repo.path(), self.dir.path());
+        let (child, addr, proxy) = launch(self.repo.path(), self.dir.path());
         self.child = child;
         self.url = format!("http://{addr}");
+        self.proxy = proxy;
     }
 
     /// Where the stacks of a test write marker files.
@@ -233,7 +236,7 @@ impl Server {
     }
 
     /// SIGTERM, then waits; None if the server had to be killed.
-    fn terminate(&mut self) -> Option<ExitStatus> {
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
         if let Ok(Some(status)) = self.child.try_wait() {
             return Some(status);
         }
@@ -259,14 +262,19 @@ impl Drop for Server {
 }
 
 /// Starts `plinth server` with its data in `dir/data` and its output appended to
-/// `dir/server.log`, and waits until it answers `/healthz`. Returns the child and its address.
-fn launch(repo: &Path, dir: &Path) -> (Child, String) {
+/// `dir/server.log`, and waits until it answers `/healthz`. Returns the child, its address and
+/// its proxy's. `plinth` is on the server's PATH, so that services can run `plinth demo-app`
+/// from shell scripts too.
+fn launch(repo: &Path, dir: &Path) -> (Child, String, String) {
     let data = dir.join("data");
     let log_path = dir.join("server.log");
     // The port is free when picked but may be taken before the server binds it: then the
     // server says so and exits, and it starts again on another port.
     for attempt in 1..=5 {
         let addr = format!("127.0.0.1:{}", free_port());
+        let proxy = format!("127.0.0.1:{}", free_port());
+        let bin_dir = Path::new(env!("CARGO_BIN_EXE_plinth")).parent().unwrap().to_path_buf();
+        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
         let before = read(&log_path).len();
         let mut child = Command::new(env!("CARGO_BIN_EXE_plinth"))
@@ -274,7 +282,8 @@ fn launch(repo: &Path, dir: &Path) -> (Child, String) {
             .arg(repo)
             .arg("--data-dir")
             .arg(&data)
-            .args(["--listen", &addr, "--poll-interval", "100ms", "--shutdown-grace", "5s"])
+            .args(["--listen", &addr, "--proxy-listen", &proxy, "--poll-interval", "100ms", "--shutdown-grace", "5s"])
+            .env("PATH", &path)
             .env("PLINTH_LOG", "info")
             .env_remove("PLINTH_LOG_FORMAT")
             .env_remove("PLINTH_SERVER")
@@ -299,7 +308,7 @@ fn launch(repo: &Path, dir: &Path) -> (Child, String) {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let Some(status) = exited else { return (child, addr) };
+        let Some(status) = exited else { return (child, addr, proxy) };
         let log = read(&log_path);
         if log.get(before..).is_some_and(|new| new.contains("server.listen")) && attempt < 5 {
             continue;

@@ -3,6 +3,7 @@
 //! request that changes something.
 
 mod audit;
+mod deployments;
 mod hooks;
 mod releases;
 mod runs;
@@ -47,6 +48,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/services/{service}/releases"),
     ("POST", "/api/v1/services/{service}/environments/{environment}/releases"),
     ("GET", "/api/v1/services/{service}/environments/{environment}/releases"),
+    ("GET", "/api/v1/services/{service}/environments/{environment}"),
+    ("GET", "/api/v1/services/{service}/environments/{environment}/deployments"),
+    ("GET", "/api/v1/services/{service}/environments/{environment}/logs"),
+    ("POST", "/api/v1/services/{service}/environments/{environment}/rollback"),
+    ("GET", "/api/v1/deployments/{id}"),
+    ("POST", "/api/v1/deployments/{id}/approve"),
+    ("POST", "/api/v1/deployments/{id}/reject"),
+    ("POST", "/api/v1/deployments/{id}/cancel"),
     ("POST", "/hooks/github"),
 ];
 
@@ -78,6 +87,14 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/services/{service}/environments/{environment}/releases",
             post(releases::publish_to).get(releases::list),
         )
+        .route("/api/v1/services/{service}/environments/{environment}", get(deployments::status))
+        .route("/api/v1/services/{service}/environments/{environment}/deployments", get(deployments::history))
+        .route("/api/v1/services/{service}/environments/{environment}/logs", get(deployments::logs))
+        .route("/api/v1/services/{service}/environments/{environment}/rollback", post(deployments::rollback))
+        .route("/api/v1/deployments/{id}", get(deployments::show))
+        .route("/api/v1/deployments/{id}/approve", post(deployments::approve))
+        .route("/api/v1/deployments/{id}/reject", post(deployments::reject))
+        .route("/api/v1/deployments/{id}/cancel", post(deployments::cancel))
         .route("/hooks/github", post(hooks::github))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

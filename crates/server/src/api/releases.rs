@@ -145,6 +145,39 @@ async fn publish(
         })
         .collect();
     let created = state.store.create_releases(&releases, state.now()).await?;
+    let mut deployments = Vec::new();
+    for release in &created {
+        let needs_approval = policy.config.environments.get(&release.environment).is_some_and(|e| e.approval);
+        let new = plinth_store::NewDeployment {
+            release_id: release.id,
+            service: release.service.clone(),
+            environment: release.environment.clone(),
+            kind: plinth_core::deploy::DeploymentKind::Release,
+            needs_approval,
+            created_by: caller.name.clone(),
+        };
+        let (deployment, superseded) = state.store.create_deployment(new, state.now()).await?;
+        let mut event = format!("release #{} published by {}", release.id, caller.name);
+        if needs_approval {
+            event.push_str(&format!(
+                "; `{}` needs an approval: `plinth deploy approve {}`",
+                release.environment, deployment.id
+            ));
+        }
+        state.store.append_deployment_event(deployment.id, &event, state.now()).await?;
+        for old in &superseded {
+            state
+                .store
+                .append_deployment_event(
+                    old.id,
+                    &format!("superseded by deployment #{} (release #{})", deployment.id, release.id),
+                    state.now(),
+                )
+                .await?;
+        }
+        deployments.push(deployment);
+    }
+    state.deployer.wake();
     *note = note.clone().details(serde_json::json!({
         "releases": created.iter().map(|r| serde_json::json!({"id": r.id, "environment": r.environment})).collect::<Vec<_>>(),
         "images": images,
@@ -152,7 +185,8 @@ async fn publish(
         "source": source,
     }));
     tracing::info!(service, environments = ?envs, by = %caller.name, "Recorded a release.");
-    Ok((StatusCode::CREATED, axum::Json(serde_json::json!({"releases": created}))).into_response())
+    Ok((StatusCode::CREATED, axum::Json(serde_json::json!({"releases": created, "deployments": deployments})))
+        .into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
