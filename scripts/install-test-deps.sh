@@ -6,6 +6,8 @@ set -euo pipefail
 need_apt=()
 command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+# The process runtime's tests serve HTTP with `python3 -m http.server`.
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""

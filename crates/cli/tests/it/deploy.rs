@@ -35,8 +35,12 @@ hosts = ["api.{{env}}.localhost"]
 
 /// An HTTP client that resolves the service's host to the proxy.
 fn client(proxy: std::net::SocketAddr, timeout: Duration) -> reqwest::blocking::Client {
+    client_for("api.stg.localhost", proxy, timeout)
+}
+
+fn client_for(host: &str, proxy: std::net::SocketAddr, timeout: Duration) -> reqwest::blocking::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::blocking::Client::builder().resolve("api.stg.localhost", proxy).timeout(timeout).build().unwrap()
+    reqwest::blocking::Client::builder().resolve(host, proxy).timeout(timeout).build().unwrap()
 }
 
 /// When a request started, and the version that answered it (or why it failed).
@@ -266,4 +270,110 @@ fn double_deploys_fail_no_request_and_a_server_restart_brings_services_back() {
         .send()
         .unwrap();
     assert_eq!(answer.text().unwrap().trim(), "v2");
+}
+
+const APPROVALS: &str = r#"main_branch = "main"
+
+[environments.prd]
+branches = ["main"]
+approval = true
+approvers = ["sre"]
+
+[services.api]
+containers = ["app"]
+command = ["sh", "-c", "case {image.app} in slow) exec plinth demo-app --port {port} --version slow --start-delay 60s;; *) exec plinth demo-app --port {port} --version {image.app};; esac"]
+count = 2
+health = { path = "/healthz", interval = "100ms", timeout = "500ms", healthy = 2, unhealthy = 2 }
+hosts = ["api.{env}.localhost"]
+"#;
+
+fn publish_to(server: &Server, ci: &str, env: &str, version: &str) -> i64 {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("imagedefinitions.json");
+    std::fs::write(&file, format!(r#"[{{"name": "app", "imageUri": "{version}"}}]"#)).unwrap();
+    let file = file.display().to_string();
+    let out = server
+        .cli(
+            ci,
+            &["release", "publish", "--service", "api", "--env", env, "--image-definitions", &file, "--output", "json"],
+        )
+        .success()
+        .json();
+    out["deployments"][0]["id"].as_i64().unwrap()
+}
+
+#[test]
+fn production_waits_for_an_approver_newer_releases_supersede_and_a_cancel_keeps_the_old_release() {
+    let mut server = Server::start(watched_repo());
+    server.repo.write("plinth.toml", APPROVALS);
+    let commit = server.repo.commit("a service");
+    server.eventually("the commit to be seen", || {
+        let run = server.admin(&["stacks", "list", "--output", "json"]);
+        (run.code == 0 && run.json()["commit"].as_str() == Some(commit.as_str())).then_some(())
+    });
+    let ci = server
+        .admin(&["tokens", "create", "--name", "ci", "--role", "ci", "--service", "api", "--output", "json"])
+        .success()
+        .json()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sre = server
+        .admin(&["tokens", "create", "--name", "oncall", "--role", "sre", "--output", "json"])
+        .success()
+        .json()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Two releases before anyone approves: the first is superseded, the second waits.
+    let first = publish_to(&server, &ci, "prd", "v1");
+    let second = publish_to(&server, &ci, "prd", "v2");
+    assert_eq!(deployment(&server, first)["deployment"]["status"], "superseded");
+    assert_eq!(deployment(&server, second)["deployment"]["status"], "awaiting_approval");
+    let run = server.cli(&ci, &["deploy", "approve", &second.to_string()]).failure();
+    assert!(run.stderr.contains("auth.forbidden"), "{}", run.stderr);
+    server.cli(&sre, &["deploy", "approve", &second.to_string()]).success();
+    let d = ended(&server, second);
+    assert_eq!(
+        (d["deployment"]["status"].as_str(), d["deployment"]["approved_by"].as_str()),
+        (Some("succeeded"), Some("oncall"))
+    );
+
+    // A rollout that cannot finish (its instances never start listening) is cancelled: its new
+    // instances go, and v2 keeps serving.
+    let slow = publish_to(&server, &ci, "prd", "slow");
+    server.cli(&sre, &["deploy", "approve", &slow.to_string()]).success();
+    server.eventually("the slow rollout to start its instances", || {
+        let d = deployment(&server, slow);
+        let started = d["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"].as_str().unwrap_or("").starts_with("started api-prd-"));
+        started.then_some(())
+    });
+    server.cli(&sre, &["deploy", "cancel", &slow.to_string()]).success();
+    let d = ended(&server, slow);
+    assert_eq!(
+        (d["deployment"]["status"].as_str(), d["deployment"]["reason"].as_str()),
+        (Some("cancelled"), Some("cancelled by oncall"))
+    );
+    let status = server.admin(&["deploy", "status", "api", "--env", "prd", "--output", "json"]).success().json();
+    assert_eq!(status["release"]["images"]["app"], "v2", "{status:#}");
+    let ids: Vec<&str> = status["instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert!(ids.len() == 2 && ids.iter().all(|id| id.contains(&format!("-d{second}-"))), "{status:#}");
+    let proxy: std::net::SocketAddr = server.proxy.parse().unwrap();
+    let client = client_for("api.prd.localhost", proxy, Duration::from_secs(10));
+    assert_eq!(
+        client.get(format!("http://api.prd.localhost:{}/", proxy.port())).send().unwrap().text().unwrap().trim(),
+        "v2"
+    );
+
+    // Unknown hosts get plinth's 404; a rollback to a release that does not exist is refused.
+    let answer = client.get(format!("http://{}/", server.proxy)).header("host", "nope.localhost").send().unwrap();
+    assert_eq!(answer.status(), 404);
+    assert_eq!(answer.headers()["x-plinth-error"], "proxy.unknown_host");
+    let run = server.admin(&["deploy", "rollback", "api", "--env", "prd", "--to", "999"]).failure();
+    assert!(run.stderr.contains("release.not_found"), "{}", run.stderr);
 }
