@@ -391,7 +391,16 @@ fn instance_env(
     secrets: &BTreeMap<String, String>,
 ) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
-    if let Ok(path) = std::env::var("PATH") {
+    let mut path = std::env::var("PATH").unwrap_or_default();
+    // `plinth` on an instance's PATH is the server's own binary, first, so that scripts can run
+    // `plinth demo-app` (or `plinth` anything) wherever plinth is installed.
+    if let Ok(exe) = std::env::current_exe()
+        && exe.file_name().is_some_and(|n| n == "plinth")
+        && let Some(dir) = exe.parent()
+    {
+        path = if path.is_empty() { dir.display().to_string() } else { format!("{}:{path}", dir.display()) };
+    }
+    if !path.is_empty() {
         env.insert("PATH".into(), path);
     }
     env.extend(service.env.clone());

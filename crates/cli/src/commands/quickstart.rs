@@ -1,7 +1,10 @@
 //! `plinth quickstart`: builds an example infrastructure repo (seed 000's layout: stg and prd
 //! stacks sharing a module, built-in providers only), starts a server on it, and walks through
 //! what happens to a few commits: stg plans and applies, a commit with nothing to change counts
-//! as a success, prd waits for approval and applies once approved. Then it keeps serving.
+//! as a success, prd waits for approval and applies once approved. Then a demo service: v1 is
+//! published as CI would and served through plinth's proxy, rolled to v2 while traffic flows
+//! (counting failed requests: none), and a broken v3 rolls back by itself. Then it keeps
+//! serving.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -21,6 +24,9 @@ pub struct Args {
     /// The address the server listens on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
+    /// Where plinth's proxy serves the demo service (`api.stg.localhost`); port 0 picks one.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    proxy_listen: std::net::SocketAddr,
     /// Stop the server after the walkthrough instead of serving until Ctrl-C.
     #[arg(long)]
     no_serve: bool,
@@ -41,6 +47,16 @@ approvers = ["sre"]
 path = "terraform/{env}"      # one stack per environment directory
 environment = "{env}"
 watch = ["shared/*.json"]
+
+# A demo service: CI publishes releases (one image per container), plinth rolls them out behind
+# its proxy. Its "image" is the version the demo app answers; v3 is broken on purpose.
+[services.api]
+containers = ["app"]
+command = ["sh", "-c", "case {image.app} in v3) exec plinth demo-app --port {port} --version v3 --fail-health;; *) exec plinth demo-app --port {port} --version {image.app};; esac"]
+count = 3
+health = { path = "/healthz", interval = "200ms", timeout = "500ms", healthy = 2, unhealthy = 2 }
+strategy = { kind = "rolling", max_surge = "1", max_unavailable = "0" }
+hosts = ["api.{env}.localhost"]
 "#;
 
 const APP_MODULE: &str = r#"variable "env" {
@@ -148,9 +164,11 @@ async fn walkthrough(args: Args, repo: PathBuf, data: PathBuf) -> Outcome {
     let url = format!("http://{addr}");
     let mut config = plinth_server::ServerConfig::new(repo.display().to_string(), data.clone());
     config.poll_interval = Duration::from_millis(500);
+    config.proxy_listen = Some(args.proxy_listen);
     let prepared = plinth_server::prepare(config).await.map_err(|e| Failure::coded(&e, Format::Text))?;
     let token = prepared.admin_token.clone().unwrap_or_default();
-    outln!("Started the plinth server on {url} (data in {})", data.display());
+    let proxy = prepared.proxy_addr().ok_or_else(|| fail("the proxy did not start".into()))?;
+    outln!("Started the plinth server on {url} (data in {}), its proxy on http://{proxy}", data.display());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let no_serve = args.no_serve;
     let server = tokio::spawn(async move {
@@ -210,9 +228,46 @@ async fn walkthrough(args: Args, repo: PathBuf, data: PathBuf) -> Outcome {
     let approved = api.wait(prd.id).await?;
     show_runs(&[approved]);
 
+    outln!("\n== 4. CI publishes v1 of the demo service to stg; plinth runs it behind its proxy");
+    let ci = api.ci_token().await?;
+    outln!(
+        "$ plinth release publish --service api --env stg --image-definitions imagedefinitions.json   # [{{\"name\": \"app\", \"imageUri\": \"v1\"}}]"
+    );
+    let v1 = api.deploy(&ci, "v1").await?;
+    outln!("  deployment #{} {}", v1["id"], v1["status"].as_str().unwrap_or(""));
+    let answer = get_version(&proxy).await?;
+    outln!("$ curl -H 'Host: api.stg.localhost' http://{proxy}/\n  {answer}");
+
+    outln!("\n== 5. v2, rolled out one instance at a time while 8 clients keep sending requests");
+    let load = Load::start(proxy);
+    let v2 = api.deploy(&ci, "v2").await?;
+    let (total, failed, versions) = load.finish().await;
+    outln!(
+        "  deployment #{} {}: {total} requests during the rollout, {failed} failed; answers went {}",
+        v2["id"],
+        v2["status"].as_str().unwrap_or(""),
+        versions.join(" -> ")
+    );
+
+    outln!("\n== 6. v3 is broken (its health check fails): the rollout stops and v2 keeps serving");
+    let load = Load::start(proxy);
+    let v3 = api.deploy(&ci, "v3").await?;
+    let (total, failed, _) = load.finish().await;
+    outln!(
+        "  deployment #{} {}: {}",
+        v3["id"],
+        v3["status"].as_str().unwrap_or(""),
+        v3["reason"].as_str().unwrap_or("")
+    );
+    outln!("  {total} requests meanwhile, {failed} failed; it still answers {}", get_version(&proxy).await?);
+
     if args.no_serve {
         outln!("\nThe server stops now (--no-serve). Start it again with:");
-        outln!("  plinth server --repo {} --data-dir {} --listen {addr}", repo.display(), data.display());
+        outln!(
+            "  plinth server --repo {} --data-dir {} --listen {addr} --proxy-listen {proxy}",
+            repo.display(),
+            data.display()
+        );
         outln!("Then try:");
     } else {
         outln!("\nplinth is serving at {url}. Try:");
@@ -223,6 +278,8 @@ async fn walkthrough(args: Args, repo: PathBuf, data: PathBuf) -> Outcome {
     outln!("  plinth stacks list");
     outln!("  cd {} && $EDITOR modules/app/main.tf && git commit -am 'Change the app'", repo.display());
     outln!("  plinth runs list   # stg applies; prd waits for `plinth runs approve ID`");
+    outln!("  plinth deploy status api --env stg; plinth deploy history api --env stg; plinth logs api --env stg");
+    outln!("  curl -H 'Host: api.stg.localhost' http://{proxy}/");
     outln!("The admin token is also in {}.", data.join("admin.token").display());
     if args.no_serve {
         let _ = stop.send(());
@@ -233,6 +290,79 @@ async fn walkthrough(args: Args, repo: PathBuf, data: PathBuf) -> Outcome {
         Ok(Ok(())) => Ok(ExitCode::SUCCESS),
         Ok(Err(e)) => Err(Failure::coded(&e, Format::Text)),
         Err(e) => Err(fail(format!("the server task failed: {e}"))),
+    }
+}
+
+/// An HTTP client that sends `api.stg.localhost` to the proxy.
+fn proxy_client(proxy: std::net::SocketAddr) -> Result<reqwest::Client, Failure> {
+    reqwest::Client::builder()
+        .resolve("api.stg.localhost", proxy)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| fail(format!("could not make an HTTP client: {e}")))
+}
+
+/// What the demo service answers through the proxy.
+async fn get_version(proxy: &std::net::SocketAddr) -> Result<String, Failure> {
+    let client = proxy_client(*proxy)?;
+    let response = client
+        .get(format!("http://api.stg.localhost:{}/", proxy.port()))
+        .send()
+        .await
+        .map_err(|e| fail(format!("the proxy did not answer: {e}")))?;
+    Ok(response.text().await.unwrap_or_default().trim().to_owned())
+}
+
+/// 8 clients sending requests through the proxy until finished.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Result<String, String>>>>,
+}
+
+impl Load {
+    fn start(proxy: std::net::SocketAddr) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..8)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut answers = Vec::new();
+                    let Ok(client) = proxy_client(proxy) else { return answers };
+                    let url = format!("http://api.stg.localhost:{}/", proxy.port());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let answer = match client.get(&url).send().await {
+                            Ok(r) if r.status().is_success() => {
+                                Ok(r.text().await.unwrap_or_default().trim().to_owned())
+                            }
+                            Ok(r) => Err(r.status().to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        answers.push(answer);
+                    }
+                    answers
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    /// Stops; returns how many requests were sent, how many failed, and the versions that
+    /// answered, in the order they first did.
+    async fn finish(self) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Vec::new();
+        for task in self.tasks {
+            all.extend(task.await.unwrap_or_default());
+        }
+        let failed = all.iter().filter(|a| a.is_err()).count();
+        let mut versions: Vec<String> = Vec::new();
+        for v in all.iter().filter_map(|a| a.as_ref().ok()) {
+            if !versions.contains(v) {
+                versions.push(v.clone());
+            }
+        }
+        versions.sort();
+        (all.len(), failed, versions)
     }
 }
 
@@ -317,6 +447,50 @@ impl Api {
             return Err(fail(format!("approving run #{id} failed: {}", response.text().await.unwrap_or_default())));
         }
         Ok(())
+    }
+
+    /// A ci token scoped to the demo service, as a team gives its CI.
+    async fn ci_token(&self) -> Result<String, Failure> {
+        let body = serde_json::json!({"name": "ci-quickstart", "roles": ["ci"], "services": ["api"]});
+        let response = self
+            .http
+            .post(format!("{}/api/v1/tokens", self.url))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| fail(format!("could not reach the server: {e}")))?;
+        let body: serde_json::Value = response.json().await.map_err(|e| fail(format!("unreadable answer: {e}")))?;
+        body["secret"].as_str().map(str::to_owned).ok_or_else(|| fail(format!("no token: {body}")))
+    }
+
+    /// Publishes a release of the demo service to stg with `ci`, and waits for its deployment
+    /// to end; returns the deployment.
+    async fn deploy(&self, ci: &str, version: &str) -> Result<serde_json::Value, Failure> {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/services/api/environments/stg/releases", self.url))
+            .bearer_auth(ci)
+            .json(&serde_json::json!([{"name": "app", "imageUri": version}]))
+            .send()
+            .await
+            .map_err(|e| fail(format!("could not reach the server: {e}")))?;
+        let body: serde_json::Value = response.json().await.map_err(|e| fail(format!("unreadable answer: {e}")))?;
+        let id = body["deployments"][0]["id"].as_i64().ok_or_else(|| fail(format!("no deployment: {body}")))?;
+        let start = Instant::now();
+        loop {
+            let d = self.get(&format!("/api/v1/deployments/{id}")).await?;
+            let status = d["deployment"]["status"].as_str().unwrap_or("");
+            if matches!(status, "succeeded" | "failed" | "cancelled" | "superseded" | "rejected") {
+                return Ok(d["deployment"].clone());
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                return Err(fail(format!(
+                    "deployment #{id} did not finish in 2 minutes; see `plinth deploy show {id}`"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn log_tail(&self, id: i64, lines: usize) -> Result<Vec<String>, Failure> {

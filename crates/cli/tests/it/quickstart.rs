@@ -7,12 +7,23 @@ use crate::plinth;
 fn quickstart_plans_applies_and_approves() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("example");
-    let run =
-        plinth(dir.path(), &["quickstart", "--dir", target.to_str().unwrap(), "--listen", "127.0.0.1:0", "--no-serve"])
-            .success();
+    let run = plinth(
+        dir.path(),
+        &[
+            "quickstart",
+            "--dir",
+            target.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--proxy-listen",
+            "127.0.0.1:0",
+            "--no-serve",
+        ],
+    )
+    .success();
     let out = &run.stdout;
     let steps: Vec<&str> = out.split("\n== ").skip(1).collect();
-    assert_eq!(steps.len(), 3, "{out}");
+    assert_eq!(steps.len(), 6, "{out}");
     // 1. The layout: change detection shows both stacks; stg applies, prd waits.
     assert!(steps[0].contains("2 stacks changed"), "{}", steps[0]);
     assert!(steps[0].lines().any(|l| l.contains("app/stg") && l.contains("applied")), "{}", steps[0]);
@@ -22,6 +33,13 @@ fn quickstart_plans_applies_and_approves() {
     assert!(steps[1].lines().any(|l| l.contains("app/stg") && l.contains("no_changes")), "{}", steps[1]);
     // 3. The approval applies prd.
     assert!(steps[2].lines().any(|l| l.contains("app/prd") && l.contains("applied")), "{}", steps[2]);
+    // 4. v1 of the demo service answers through the proxy.
+    assert!(steps[3].contains("succeeded") && steps[3].trim_end().ends_with("v1"), "{}", steps[3]);
+    // 5. v2 rolls out under load without a failed request.
+    assert!(steps[4].contains("succeeded") && steps[4].contains(", 0 failed; answers went v1 -> v2"), "{}", steps[4]);
+    // 6. The broken v3 rolls back by itself; v2 keeps serving, still without a failure.
+    assert!(steps[5].contains("failed: ") && steps[5].contains("did not become healthy"), "{}", steps[5]);
+    assert!(steps[5].contains(", 0 failed; it still answers v2"), "{}", steps[5]);
     // What to try next, with the URL and the token.
     assert!(out.contains("PLINTH_TOKEN=plinth_"), "{out}");
     assert!(out.contains("plinth server --repo"), "{out}");
