@@ -291,6 +291,10 @@ async fn roll_out(state: &AppState, d: Deployment, cancel: CancellationToken, wh
     let result = rollout_steps(state, &d, &key, &cancel).await;
     let (status, reason) = match result {
         Ok(()) => (DeploymentStatus::Succeeded, None),
+        Err(_) if state.shutdown.is_cancelled() => (
+            DeploymentStatus::Failed,
+            Some("plinth stopped during the rollout; the release that was serving is started again when it starts".into()),
+        ),
         Err(Stop::Failed(reason)) => (DeploymentStatus::Failed, Some(reason)),
         Err(Stop::Cancelled(reason)) => {
             let asked = why.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -365,6 +369,12 @@ async fn retire(state: &AppState, service: &Service, instance: &Instance, d: Opt
         timeout: Duration::from_secs(30),
     });
     instance.stop(pre_stop.as_ref()).await;
+    let dir = state.paths.data.join("instances").join(instance.id());
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(instance = instance.id(), error = %e, "Could not remove the instance's directory.");
+    }
     if let Some(d) = d {
         event(state, d, &format!("{} drained and stopped", instance.id())).await;
     }
@@ -384,7 +394,7 @@ fn log_sink(state: &AppState, key: &Key) -> mpsc::UnboundedSender<InstanceLine> 
 
 /// The environment of an instance: the server's PATH, the service's `env`, its secrets, and
 /// what plinth tells it.
-fn instance_env(
+pub(crate) fn instance_env(
     service: &Service,
     id: &str,
     release: i64,
@@ -413,7 +423,7 @@ fn instance_env(
 }
 
 /// `plinth` in a command means this very binary, when the server is the plinth binary.
-fn program(name: &str) -> String {
+pub(crate) fn program(name: &str) -> String {
     if name == "plinth"
         && let Ok(exe) = std::env::current_exe()
         && exe.file_name().is_some_and(|n| n == "plinth")
@@ -573,6 +583,13 @@ async fn rollout_steps(state: &AppState, d: &Deployment, key: &Key, cancel: &Can
             // instance already replaced is started again.
             for instance in &started {
                 retire(state, &service, instance, Some(d)).await;
+            }
+            if state.shutdown.is_cancelled() {
+                // The server is stopping: the old instances stop too, and come back on start.
+                for instance in &old {
+                    retire(state, &service, instance, None).await;
+                }
+                return Err(stop);
             }
             if let Some(old_release) = old_release {
                 let missing = (count as usize).saturating_sub(old.len());
