@@ -59,6 +59,9 @@ enum Command {
     Deploy(commands::deploy::Args),
     /// The output of a service's instances.
     Logs(commands::deploy::LogsArgs),
+    /// Run a one-off command with a service's environment, secrets and current release:
+    /// `plinth exec SERVICE --env ENV [-it] -- COMMAND [ARG…]`.
+    Exec(commands::exec::Args),
     /// Releases of a service: publish (from CI, with imagedefinitions.json), list.
     Release(commands::release::Args),
     /// Secrets on a plinth server: set (from stdin), list (never values), rm, rotate-master-key.
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         Command::Release(args) => commands::release::run(args),
         Command::Deploy(args) => commands::deploy::run(args),
         Command::Logs(args) => commands::deploy::logs(args),
+        Command::Exec(args) => commands::exec::run(args),
         Command::DemoApp(args) => commands::demo_app::run(args),
     };
     match result {

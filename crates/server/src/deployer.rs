@@ -293,7 +293,10 @@ async fn roll_out(state: &AppState, d: Deployment, cancel: CancellationToken, wh
         Ok(()) => (DeploymentStatus::Succeeded, None),
         Err(_) if state.shutdown.is_cancelled() => (
             DeploymentStatus::Failed,
-            Some("plinth stopped during the rollout; the release that was serving is started again when it starts".into()),
+            Some(
+                "plinth stopped during the rollout; the release that was serving is started again when it starts"
+                    .into(),
+            ),
         ),
         Err(Stop::Failed(reason)) => (DeploymentStatus::Failed, Some(reason)),
         Err(Stop::Cancelled(reason)) => {

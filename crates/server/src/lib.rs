@@ -9,6 +9,7 @@ pub mod api;
 mod auth;
 mod deployer;
 mod error;
+pub mod exec;
 mod logs;
 mod policy;
 mod runner;

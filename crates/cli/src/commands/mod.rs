@@ -4,6 +4,7 @@ pub mod changed;
 pub mod check;
 pub mod demo_app;
 pub mod deploy;
+pub mod exec;
 pub mod init;
 pub mod quickstart;
 pub mod release;

@@ -8,6 +8,7 @@ mod client_errors;
 mod crash;
 mod demo_app;
 mod deploy;
+mod exec;
 mod history;
 mod init;
 mod mapping;

@@ -4,6 +4,7 @@
 
 mod audit;
 mod deployments;
+mod exec;
 mod hooks;
 mod releases;
 mod runs;
@@ -52,6 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/services/{service}/environments/{environment}/deployments"),
     ("GET", "/api/v1/services/{service}/environments/{environment}/logs"),
     ("POST", "/api/v1/services/{service}/environments/{environment}/rollback"),
+    ("POST", "/api/v1/services/{service}/environments/{environment}/exec"),
     ("GET", "/api/v1/deployments/{id}"),
     ("POST", "/api/v1/deployments/{id}/approve"),
     ("POST", "/api/v1/deployments/{id}/reject"),
@@ -91,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/services/{service}/environments/{environment}/deployments", get(deployments::history))
         .route("/api/v1/services/{service}/environments/{environment}/logs", get(deployments::logs))
         .route("/api/v1/services/{service}/environments/{environment}/rollback", post(deployments::rollback))
+        .route("/api/v1/services/{service}/environments/{environment}/exec", post(exec::exec))
         .route("/api/v1/deployments/{id}", get(deployments::show))
         .route("/api/v1/deployments/{id}/approve", post(deployments::approve))
         .route("/api/v1/deployments/{id}/reject", post(deployments::reject))
@@ -299,6 +302,7 @@ async fn audit_layer(State(state): State<AppState>, request: Request, next: Next
     let error = response.extensions().get::<ErrorMark>().map(|m| m.0);
     let result = match (response.status(), error) {
         (status, None) if status.is_success() => "ok".to_owned(),
+        (StatusCode::SWITCHING_PROTOCOLS, None) => "ok".to_owned(),
         (status, Some(code)) => format!("{} {code}", status.as_u16()),
         (status, None) => status.as_u16().to_string(),
     };
