@@ -177,17 +177,8 @@ pub async fn for_instances(
     let mut out = std::collections::BTreeMap::new();
     let mut handed = Vec::new();
     for row in chosen.into_iter().map(|i| &rows[i]) {
-        let key = SecretKey {
-            environment: environment.to_owned(),
-            scope: row.meta.scope.clone(),
-            name: row.meta.name.clone(),
-        };
-        let value = plinth_secrets::open(state.keys.as_ref(), &aad(&key, row.meta.version), &sealed_of(row)?)
-            .await
-            .map_err(|e| format!("secret `{}` ({}): {e}", row.meta.name, row.meta.scope))?;
-        let text = String::from_utf8(value.expose().to_vec())
-            .map_err(|_| format!("secret `{}` is not UTF-8", row.meta.name))?;
-        handed.push(serde_json::json!({"name": row.meta.name, "scope": row.meta.scope, "version": row.meta.version}));
+        let text = decrypt(state, environment, row).await?;
+        handed.push(handed_entry(row));
         out.insert(row.meta.name.clone(), text);
     }
     if !handed.is_empty() {
@@ -201,6 +192,21 @@ pub async fn for_instances(
         state.store.append_audit(entry, state.now()).await.map_err(|e| format!("could not audit the handing: {e}"))?;
     }
     Ok(out)
+}
+
+/// Opens one stored secret; the plaintext lives only in the returned string.
+async fn decrypt(state: &AppState, environment: &str, row: &SealedSecret) -> Result<String, String> {
+    let key =
+        SecretKey { environment: environment.to_owned(), scope: row.meta.scope.clone(), name: row.meta.name.clone() };
+    let value = plinth_secrets::open(state.keys.as_ref(), &aad(&key, row.meta.version), &sealed_of(row)?)
+        .await
+        .map_err(|e| format!("secret `{}` ({}): {e}", row.meta.name, row.meta.scope))?;
+    String::from_utf8(value.expose().to_vec()).map_err(|_| format!("secret `{}` is not UTF-8", row.meta.name))
+}
+
+/// What the audit log records of a handed secret: never its value.
+fn handed_entry(row: &SealedSecret) -> serde_json::Value {
+    serde_json::json!({"name": row.meta.name, "scope": row.meta.scope, "version": row.meta.version})
 }
 
 /// What a run phase gets: environment variables, and the redactor built from their values.
@@ -266,17 +272,8 @@ pub async fn hand(state: &AppState, to: &Recipient<'_>, phase: &str) -> Result<H
     let mut env = Vec::new();
     let mut handed = Vec::new();
     for row in chosen.into_iter().map(|i| &rows[i]) {
-        let key = SecretKey {
-            environment: environment.to_owned(),
-            scope: row.meta.scope.clone(),
-            name: row.meta.name.clone(),
-        };
-        let value = plinth_secrets::open(state.keys.as_ref(), &aad(&key, row.meta.version), &sealed_of(row)?)
-            .await
-            .map_err(|e| format!("secret `{}` ({}): {e}", row.meta.name, row.meta.scope))?;
-        let text = String::from_utf8(value.expose().to_vec())
-            .map_err(|_| format!("secret `{}` is not UTF-8", row.meta.name))?;
-        handed.push(serde_json::json!({"name": row.meta.name, "scope": row.meta.scope, "version": row.meta.version}));
+        let text = decrypt(state, environment, row).await?;
+        handed.push(handed_entry(row));
         env.push((row.meta.name.clone(), text));
     }
     let redactor = Redactor::new(env.iter().map(|(_, v)| v.as_str())).map_err(|e| e.to_string())?;

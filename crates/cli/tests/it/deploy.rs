@@ -100,29 +100,7 @@ impl Load {
 }
 
 fn publish(server: &Server, ci: &str, version: &str) -> i64 {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("imagedefinitions.json");
-    std::fs::write(&file, format!(r#"[{{"name": "app", "imageUri": "{version}"}}]"#)).unwrap();
-    let file = file.display().to_string();
-    let out = server
-        .cli(
-            ci,
-            &[
-                "release",
-                "publish",
-                "--service",
-                "api",
-                "--env",
-                "stg",
-                "--image-definitions",
-                &file,
-                "--output",
-                "json",
-            ],
-        )
-        .success()
-        .json();
-    out["deployments"][0]["id"].as_i64().unwrap()
+    publish_to(server, ci, "stg", version)
 }
 
 fn deployment(server: &Server, id: i64) -> Value {
@@ -139,8 +117,14 @@ fn ended(server: &Server, id: i64) -> Value {
 }
 
 fn setup(strategy: &str) -> (Server, String) {
+    setup_with(|marks| config(marks, strategy))
+}
+
+/// A server whose repo has the plinth.toml `config` writes (given the marks directory), and a
+/// ci token scoped to `api`.
+fn setup_with(config: impl FnOnce(&std::path::Path) -> String) -> (Server, String) {
     let mut server = Server::start(watched_repo());
-    let text = config(&server.marks(), strategy);
+    let text = config(&server.marks());
     server.repo.write("plinth.toml", &text);
     let commit = server.repo.commit("a service");
     server.eventually("the commit to be seen", || {
@@ -304,20 +288,7 @@ fn publish_to(server: &Server, ci: &str, env: &str, version: &str) -> i64 {
 
 #[test]
 fn production_waits_for_an_approver_newer_releases_supersede_and_a_cancel_keeps_the_old_release() {
-    let mut server = Server::start(watched_repo());
-    server.repo.write("plinth.toml", APPROVALS);
-    let commit = server.repo.commit("a service");
-    server.eventually("the commit to be seen", || {
-        let run = server.admin(&["stacks", "list", "--output", "json"]);
-        (run.code == 0 && run.json()["commit"].as_str() == Some(commit.as_str())).then_some(())
-    });
-    let ci = server
-        .admin(&["tokens", "create", "--name", "ci", "--role", "ci", "--service", "api", "--output", "json"])
-        .success()
-        .json()["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (server, ci) = setup_with(|_| APPROVALS.to_owned());
     let sre = server
         .admin(&["tokens", "create", "--name", "oncall", "--role", "sre", "--output", "json"])
         .success()
