@@ -9,7 +9,14 @@
 //! `plinth-bench server` runs the real `plinth server` over a generated repo and measures its
 //! overhead before terraform starts, its throughput with many stacks, and its memory (see
 //! `server/mod.rs`).
+//!
+//! `plinth-bench proxy` loads plinth's proxy, nginx and a direct connection to the same demo
+//! app with `wrk` (see `proxy.rs`). `plinth-bench rollout` times rollouts of a service on the
+//! real server against their lower bound (see `rollout.rs`).
 
+mod child;
+mod proxy;
+mod rollout;
 mod server;
 
 use std::io::Write as _;
@@ -28,6 +35,11 @@ enum Bench {
     /// Measure the plinth server: overhead before terraform starts, throughput at scale, and
     /// idle memory.
     Server(server::ServerArgs),
+    /// Throughput and latency through plinth's proxy, against a direct connection and nginx.
+    Proxy(proxy::ProxyArgs),
+    /// Rollout duration on the real server, against start + health checks + the longest
+    /// request in flight.
+    Rollout(rollout::RolloutArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -65,6 +77,8 @@ fn main() -> Result<()> {
     match Bench::parse() {
         Bench::Changed(args) => changed(args),
         Bench::Server(args) => server::run(args),
+        Bench::Proxy(args) => proxy::run(args),
+        Bench::Rollout(args) => rollout::run(args),
     }
 }
 

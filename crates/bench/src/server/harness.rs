@@ -3,7 +3,7 @@
 //! a blocking HTTP client for its API, and memory readings from `/proc`.
 
 use std::fs::File;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
@@ -110,6 +110,8 @@ pub struct ServerOptions<'a> {
     pub log: &'a Path,
     pub poll_interval: Duration,
     pub concurrency: u16,
+    /// The proxy's address (`--proxy-listen`), for the benchmarks that deploy services.
+    pub proxy_listen: Option<SocketAddr>,
 }
 
 impl ServerProcess {
@@ -130,6 +132,7 @@ impl ServerProcess {
             .args(["--poll-interval", &format!("{}ms", options.poll_interval.as_millis())])
             .args(["--concurrency", &options.concurrency.to_string()])
             .args(["--shutdown-grace", "5s"])
+            .args(options.proxy_listen.iter().flat_map(|addr| ["--proxy-listen".to_owned(), addr.to_string()]))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -214,7 +217,7 @@ impl Drop for ServerProcess {
 }
 
 /// A port nobody listens on right now.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }
@@ -302,9 +305,31 @@ impl Api {
         Ok(text)
     }
 
-    fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+    pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let text = self.get(path)?;
         serde_json::from_str(&text).with_context(|| format!("GET {path}: unexpected JSON: {text}"))
+    }
+
+    /// POSTs JSON as the admin.
+    pub fn post_json<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> Result<T> {
+        self.post_json_as(&self.token, path, body)
+    }
+
+    /// POSTs JSON with another token (a `ci` token publishing a release).
+    pub fn post_json_as<T: DeserializeOwned>(&self, token: &str, path: &str, body: &serde_json::Value) -> Result<T> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .with_context(|| format!("POST {path}"))?;
+        let status = response.status();
+        let text = response.text()?;
+        if !status.is_success() {
+            bail!("POST {path}: {status}: {text}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("POST {path}: unexpected JSON: {text}"))
     }
 
     /// The runs of one commit.
@@ -393,7 +418,9 @@ fn machine_busy_ticks() -> Result<u64> {
 /// server, what it started, and this benchmark. The figures are only as good as this is small.
 #[derive(Debug)]
 pub struct Noise {
-    server: u32,
+    /// The server, if the benchmark runs one; `None` counts this process (and the children
+    /// it has reaped) only.
+    server: Option<u32>,
     start: Instant,
     machine: u64,
     ours: u64,
@@ -401,12 +428,28 @@ pub struct Noise {
 
 impl Noise {
     pub fn start(server: u32) -> Result<Noise> {
-        Ok(Noise {
-            server,
-            start: Instant::now(),
-            machine: machine_busy_ticks()?,
-            ours: cpu_ticks(server)? + cpu_ticks(std::process::id())?,
-        })
+        Noise::begin(Some(server))
+    }
+
+    /// Counts this process and the children it waits for (the proxy benchmark's backend,
+    /// nginx and wrk) as ours: read [`Noise::others`] after they have been reaped.
+    pub fn start_ours() -> Result<Noise> {
+        Noise::begin(None)
+    }
+
+    fn begin(server: Option<u32>) -> Result<Noise> {
+        Ok(Noise { server, start: Instant::now(), machine: machine_busy_ticks()?, ours: Noise::ours_now(server)? })
+    }
+
+    /// Our CPU ticks: the server's (with its reaped children) and this process's (with its
+    /// reaped children). A server this process has stopped and reaped is gone from /proc;
+    /// its time is then in this process's children's time.
+    fn ours_now(server: Option<u32>) -> Result<u64> {
+        let server = match server {
+            Some(pid) => cpu_ticks(pid).unwrap_or(0),
+            None => 0,
+        };
+        Ok(server + cpu_ticks(std::process::id())?)
     }
 
     /// The share of the machine's CPU (all cores) that other processes used since [`Noise::start`].
@@ -414,7 +457,7 @@ impl Noise {
     pub fn others(&self) -> Result<f64> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let machine = machine_busy_ticks()?.saturating_sub(self.machine) as f64;
-        let ours = (cpu_ticks(self.server)? + cpu_ticks(std::process::id())?).saturating_sub(self.ours) as f64;
+        let ours = Noise::ours_now(self.server)?.saturating_sub(self.ours) as f64;
         let wall = self.start.elapsed().as_secs_f64() * TICKS_PER_SECOND * cores;
         Ok(((machine - ours) / wall).max(0.0))
     }

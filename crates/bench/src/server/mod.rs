@@ -13,7 +13,7 @@
 //!   (and after more commits that change every stack, to see whether it settles), against an
 //!   empty process (`sleep 60`); its idle CPU; and the database size.
 
-mod harness;
+pub(crate) mod harness;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -264,6 +264,7 @@ fn overhead(args: &ServerArgs, plinth: &Path, dir: &Path) -> Result<(Vec<Sample>
         log: &dir.join("server.log"),
         poll_interval: args.poll_interval,
         concurrency: args.concurrency,
+        proxy_listen: None,
     })?;
     eprintln!("overhead: server up in {:.0?}; warming up", server.start_up);
     repo.write("plinth.toml", &format!("{ENVIRONMENT}\n[stacks.app]\npath = \"stacks/app\"\nenvironment = \"stg\"\n"))?;
@@ -442,6 +443,7 @@ fn throughput(args: &ServerArgs, plinth: &Path, dir: &Path) -> Result<Scale> {
         log: &dir.join("server.log"),
         poll_interval: args.poll_interval,
         concurrency: args.concurrency,
+        proxy_listen: None,
     })?;
     let pid = server.pid()?;
     let idle_start = harness::idle(pid)?;
