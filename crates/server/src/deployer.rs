@@ -354,6 +354,21 @@ fn route(state: &AppState, service: &Service, instance: &Instance) {
     }
 }
 
+/// Retires a batch of old instances: all leave the routes in one change (so none of them
+/// gets new requests while another drains), then they drain and stop together.
+async fn retire_all(state: &AppState, service: &Service, instances: Vec<Instance>, d: &Deployment) {
+    if instances.is_empty() {
+        return;
+    }
+    let _ = state.deployer.proxy.update_routes::<(), std::convert::Infallible>(|t| {
+        for instance in &instances {
+            t.remove_backend(instance.id());
+        }
+        Ok(())
+    });
+    futures_util::future::join_all(instances.iter().map(|i| retire(state, service, i, Some(d)))).await;
+}
+
 /// Takes an instance out of the routes, lets its requests finish, runs `pre_stop`, stops it.
 async fn retire(state: &AppState, service: &Service, instance: &Instance, d: Option<&Deployment>) {
     let _ = state.deployer.proxy.update_routes::<(), std::convert::Infallible>(|t| {
@@ -536,9 +551,7 @@ async fn rollout_steps(state: &AppState, d: &Deployment, key: &Key, cancel: &Can
         match service.strategy {
             Strategy::Double => {
                 start_batch(&step, &release, 1, count, &mut started).await?;
-                for instance in std::mem::take(&mut old) {
-                    retire(state, &service, &instance, Some(d)).await;
-                }
+                retire_all(state, &service, std::mem::take(&mut old), d).await;
             }
             Strategy::Rolling { max_surge, max_unavailable } => {
                 let surge = max_surge.of(count, true);
@@ -551,21 +564,17 @@ async fn rollout_steps(state: &AppState, d: &Deployment, key: &Key, cancel: &Can
                     }
                     let batch = size.min(count - next + 1);
                     if surge == 0 {
-                        for instance in old.drain(..(batch as usize).min(old.len())) {
-                            retire(state, &service, &instance, Some(d)).await;
-                        }
+                        let n = (batch as usize).min(old.len());
+                        retire_all(state, &service, old.drain(..n).collect(), d).await;
                     }
                     start_batch(&step, &release, next, batch, &mut started).await?;
                     next += batch;
                     if surge > 0 {
-                        for instance in old.drain(..(batch as usize).min(old.len())) {
-                            retire(state, &service, &instance, Some(d)).await;
-                        }
+                        let n = (batch as usize).min(old.len());
+                        retire_all(state, &service, old.drain(..n).collect(), d).await;
                     }
                 }
-                for instance in std::mem::take(&mut old) {
-                    retire(state, &service, &instance, Some(d)).await;
-                }
+                retire_all(state, &service, std::mem::take(&mut old), d).await;
             }
         }
         Ok(())
