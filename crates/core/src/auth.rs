@@ -34,6 +34,9 @@ pub enum Action {
     ReadAudit,
     /// Set, remove and rotate secrets. Nobody can read a value back.
     ManageSecrets,
+    /// Create, update and destroy environments from templates (S4.1). Their applies still
+    /// follow the template environment's policy, approvals included.
+    Provision,
 }
 
 impl Action {
@@ -49,6 +52,7 @@ impl Action {
             Action::ManageTokens => "manage tokens".into(),
             Action::ReadAudit => "read the audit log".into(),
             Action::ManageSecrets => "manage secrets".into(),
+            Action::Provision => "create, update or destroy environments".into(),
         }
     }
 }
@@ -63,7 +67,7 @@ pub fn allowed(roles: &[String], action: &Action, config: Option<&Config>) -> bo
     let approver_role = roles.iter().any(|r| r != CI && r != DEVELOPER);
     match action {
         Action::Read => has(DEVELOPER) || approver_role,
-        Action::Plan => has(DEVELOPER),
+        Action::Plan | Action::Provision => has(DEVELOPER),
         Action::Cancel { own } => *own && has(DEVELOPER),
         Action::Approve { environment } => {
             let Some(env) = environment.as_deref().and_then(|e| config?.environments.get(e)) else {

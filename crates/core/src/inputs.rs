@@ -16,21 +16,8 @@ use crate::tree::{EntryKind, Tree, TreeError, join};
 /// plinth.toml. Directories stand for everything under them. Paths that do not exist (a
 /// module a file names but the commit lacks) are left in: Terraform reports them.
 pub fn run_paths(tree: &dyn Tree, config: &Config, stack: &Stack) -> Result<Vec<String>, TreeError> {
-    let mut paths: BTreeSet<String> = BTreeSet::new();
+    let mut paths = module_closure(tree, &stack.dir)?;
     paths.insert(CONFIG_FILE.to_owned());
-
-    let mut seen: HashSet<String> = HashSet::from([stack.dir.clone()]);
-    let mut pending = vec![stack.dir.clone()];
-    while let Some(dir) = pending.pop() {
-        paths.insert(dir.clone());
-        let Some(entries) = tree.read_dir(&dir)? else { continue };
-        let Some(modules) = ModuleGraph::scan_dir(tree, &dir, &entries)? else { continue };
-        for module in modules.uses {
-            if seen.insert(module.clone()) {
-                pending.push(module);
-            }
-        }
-    }
 
     if let Some(def) = config.stacks.iter().find(|d| d.key == stack.key) {
         for (glob, _) in &def.watch {
@@ -53,6 +40,24 @@ pub fn run_paths(tree: &dyn Tree, config: &Config, stack: &Stack) -> Result<Vec<
         }
     }
     Ok(drop_nested(paths))
+}
+
+/// A Terraform directory and every local module it uses, through other modules too.
+pub fn module_closure(tree: &dyn Tree, dir: &str) -> Result<BTreeSet<String>, TreeError> {
+    let mut paths: BTreeSet<String> = BTreeSet::new();
+    let mut seen: HashSet<String> = HashSet::from([dir.to_owned()]);
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        paths.insert(dir.clone());
+        let Some(entries) = tree.read_dir(&dir)? else { continue };
+        let Some(modules) = ModuleGraph::scan_dir(tree, &dir, &entries)? else { continue };
+        for module in modules.uses {
+            if seen.insert(module.clone()) {
+                pending.push(module);
+            }
+        }
+    }
+    Ok(paths)
 }
 
 /// Whether a glob's captures pick this stack: every placeholder it captured has the stack's

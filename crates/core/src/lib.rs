@@ -4,20 +4,25 @@
 
 pub mod auth;
 pub mod changes;
+pub mod cidr;
 pub mod config;
 pub mod deploy;
+pub mod environment;
 pub mod error;
 mod glob;
 pub mod inputs;
 pub mod mapping;
+pub mod module_interface;
 pub mod modules;
 pub mod pattern;
 pub mod redact;
 pub mod release;
+pub mod render;
 pub mod run;
 pub mod secret;
 pub mod slug;
 pub mod stack;
+pub mod template;
 pub mod time;
 pub mod tree;
 

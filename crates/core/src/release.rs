@@ -160,6 +160,67 @@ pub fn environments(policy: &Config, target: &Target<'_>) -> Result<Vec<String>,
     Ok(envs)
 }
 
+/// An environment made on request, as releases see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OnRequest {
+    pub name: String,
+    /// The template's environment: its policy (approval) applies to deployments here.
+    pub policy_environment: String,
+    pub services: Vec<String>,
+    /// The branch, for a review environment.
+    pub review_branch: Option<String>,
+}
+
+/// Where one release of a service goes: the environment, and the plinth.toml environment whose
+/// policy applies there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub environment: String,
+    pub policy_environment: String,
+}
+
+/// The environments a release of `service` goes to, environments made on request included: a
+/// branch also releases to its review environment (S1.3), and an environment made from a
+/// template takes releases of the services its template runs.
+pub fn destinations(
+    policy: &Config,
+    target: &Target<'_>,
+    service: &str,
+    on_request: &[OnRequest],
+) -> Result<Vec<Destination>, String> {
+    let declared = |e: &str| Destination { environment: e.to_owned(), policy_environment: e.to_owned() };
+    let made =
+        |e: &OnRequest| Destination { environment: e.name.clone(), policy_environment: e.policy_environment.clone() };
+    match target {
+        Target::Environment(env) if !policy.environments.contains_key(*env) => {
+            match on_request.iter().find(|e| e.name == *env) {
+                Some(e) if e.services.iter().any(|s| s == service) => Ok(vec![made(e)]),
+                Some(e) => Err(format!(
+                    "service `{service}` does not run in environment `{env}`; its template runs: {}",
+                    if e.services.is_empty() { "none".to_owned() } else { e.services.join(", ") }
+                )),
+                None => {
+                    environments(policy, target).map(|_| Vec::new()).map_err(|e| format!("{e}, nor made on request"))
+                }
+            }
+        }
+        Target::Branch(branch) => {
+            let mut out: Vec<Destination> = policy.environments_for_branch(branch).map(|e| declared(&e.name)).collect();
+            out.extend(
+                on_request
+                    .iter()
+                    .filter(|e| e.review_branch.as_deref() == Some(*branch) && e.services.iter().any(|s| s == service))
+                    .map(made),
+            );
+            if out.is_empty() {
+                return environments(policy, target).map(|_| Vec::new());
+            }
+            Ok(out)
+        }
+        _ => Ok(environments(policy, target)?.iter().map(|e| declared(e)).collect()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -218,6 +279,43 @@ command = ["x"]
             let err = check_image_definitions(&api, body).unwrap_err();
             assert!(err.contains(expected), "{}: {err}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn releases_reach_environments_made_on_request() {
+        let (config, _) = Config::parse("plinth.toml", CONFIG).unwrap();
+        let review = OnRequest {
+            name: "review-feature-x".into(),
+            policy_environment: "dev".into(),
+            services: vec!["api".into()],
+            review_branch: Some("feature/x".into()),
+        };
+        let sandbox = OnRequest {
+            name: "shop1".into(),
+            policy_environment: "dev".into(),
+            services: vec!["api".into()],
+            review_branch: None,
+        };
+        let all = [review.clone(), sandbox];
+        let names = |d: Result<Vec<Destination>, String>| {
+            d.map(|d| d.into_iter().map(|d| format!("{}:{}", d.environment, d.policy_environment)).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            names(destinations(&config, &Target::Branch("feature/x"), "api", &all)).unwrap(),
+            ["dev:dev", "review-feature-x:dev"]
+        );
+        assert_eq!(names(destinations(&config, &Target::Branch("feature/x"), "worker", &all)).unwrap(), ["dev:dev"]);
+        assert_eq!(names(destinations(&config, &Target::Environment("shop1"), "api", &all)).unwrap(), ["shop1:dev"]);
+        assert!(
+            destinations(&config, &Target::Environment("shop1"), "worker", &all)
+                .unwrap_err()
+                .contains("its template runs: api")
+        );
+        assert!(
+            destinations(&config, &Target::Environment("qa"), "api", &all).unwrap_err().contains("nor made on request")
+        );
+        assert_eq!(names(destinations(&config, &Target::Tag("v1.2.3"), "api", &all)).unwrap(), ["prd:prd"]);
+        assert!(destinations(&config, &Target::Branch("hotfix"), "api", &all).is_err());
     }
 
     #[test]

@@ -217,6 +217,13 @@ pub struct Run {
     /// Why the run ended as it did, when that needs saying (stale, cancelled, failed).
     pub reason: Option<String>,
     pub plan: Option<PlanSummary>,
+    /// Plans a destroy of everything in the state instead of an apply of the configuration.
+    #[serde(default)]
+    pub destroy: bool,
+    /// The environment on request whose kept root this run works on; `None` for a stack of
+    /// the repo, checked out at the commit.
+    #[serde(default)]
+    pub provisioned_env: Option<i64>,
     pub created_at: Timestamp,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,

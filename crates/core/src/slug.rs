@@ -34,6 +34,31 @@ pub fn slug(name: &str) -> String {
     out
 }
 
+/// The slug of `name`, made unique among `taken` (pairs of a name and its slug): when another
+/// name already has the plain slug (`feature/a` and `feature-a` both give `feature-a`), this
+/// one ends in a short hash of the whole name instead.
+pub fn unique(name: &str, taken: &[(String, String)]) -> String {
+    let plain = slug(name);
+    let clash = |s: &str| taken.iter().any(|(other, their)| other != name && their == s);
+    if !clash(&plain) {
+        return plain;
+    }
+    let mut base = plain;
+    base.truncate(63 - 8 - 1);
+    while base.ends_with('-') {
+        base.pop();
+    }
+    // The hash of the whole name; salted in the unlikely case that it clashes too.
+    let mut salted = name.as_bytes().to_vec();
+    loop {
+        let candidate = format!("{base}-{:08x}", fnv1a(&salted) as u32);
+        if !clash(&candidate) {
+            return candidate;
+        }
+        salted.push(0);
+    }
+}
+
 /// FNV-1a: a small, stable hash; stable across versions matters more than strength here.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
@@ -56,6 +81,20 @@ mod tests {
         for (name, expected) in cases {
             assert_eq!(slug(name), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn colliding_names_get_a_hash_suffix() {
+        let taken = vec![("feature/a".to_owned(), "feature-a".to_owned())];
+        assert_eq!(unique("feature/a", &taken), "feature-a");
+        let other = unique("feature-a", &taken);
+        assert!(other.starts_with("feature-a-") && other.len() == "feature-a-".len() + 8, "{other}");
+        assert_ne!(other, unique("Feature_A", &taken));
+        assert_eq!(unique("feature/b", &taken), "feature-b");
+        let long = format!("f/{}", "x".repeat(80));
+        let taken = vec![("other".to_owned(), slug(&long))];
+        let s = unique(&long, &taken);
+        assert!(s.len() <= 63 && s != slug(&long), "{s}");
     }
 
     #[test]

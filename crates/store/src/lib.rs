@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use plinth_core::ErrorCode;
+use plinth_core::cidr::Cidr;
 use plinth_core::deploy::{DeploymentKind, DeploymentStatus};
+use plinth_core::environment::{EnvStatus, RequestKind, RequestStatus};
 use plinth_core::run::{PlanSummary, Run, RunMode, RunStatus};
 use plinth_core::secret::Scope;
 use plinth_core::time::Timestamp;
@@ -33,6 +35,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("secret `{0}` was changed by someone else meanwhile")]
     SecretChanged(String),
+    #[error("an environment named `{0}` already exists")]
+    EnvironmentExists(String),
+    #[error("no network for the environment: pool `{pool}`: {reason}")]
+    PoolExhausted { pool: String, reason: String },
 }
 
 impl ErrorCode for StoreError {
@@ -44,12 +50,17 @@ impl ErrorCode for StoreError {
             StoreError::TokenExists(_) => "token.exists",
             StoreError::Corrupt(_) => "store.corrupt",
             StoreError::SecretChanged(_) => "secret.conflict",
+            StoreError::EnvironmentExists(_) => "environment.exists",
+            StoreError::PoolExhausted { .. } => "environment.pool_exhausted",
         }
     }
 
     fn http_status(&self) -> u16 {
         match self {
-            StoreError::TokenExists(_) | StoreError::SecretChanged(_) => 409,
+            StoreError::TokenExists(_)
+            | StoreError::SecretChanged(_)
+            | StoreError::EnvironmentExists(_)
+            | StoreError::PoolExhausted { .. } => 409,
             _ => 500,
         }
     }
@@ -63,6 +74,12 @@ impl ErrorCode for StoreError {
             StoreError::UnknownScheme(_) => "Use a `sqlite://PATH` URL.".into(),
             StoreError::TokenExists(_) => "Pick another name, or revoke the existing token first.".into(),
             StoreError::SecretChanged(_) => "Check `plinth secrets list`, then set the value again.".into(),
+            StoreError::EnvironmentExists(_) => {
+                "Pick another name, or see the existing one with `plinth env show NAME`.".into()
+            }
+            StoreError::PoolExhausted { pool, .. } => format!(
+                "Destroy environments that are no longer needed (`plinth env list`), or add ranges to [cidr_pools.{pool}] in plinth.toml."
+            ),
         }
     }
 }
@@ -116,6 +133,13 @@ pub struct NewRun {
     pub wave: u32,
     /// Stacks of the same event this run waits for.
     pub waits_for: Vec<String>,
+    /// Plan a destroy instead of an apply.
+    pub destroy: bool,
+    /// The environment on request whose kept root the run works on.
+    pub provisioned_env: Option<i64>,
+    /// Approved at creation: the run applies without waiting for an approver (the cleanup of
+    /// a failed apply, which puts things back as they were).
+    pub approved_by: Option<String>,
 }
 
 /// What an event recorded: its runs, and the older runs they superseded.
@@ -367,6 +391,141 @@ pub struct NewDeployment {
     pub created_by: String,
 }
 
+/// An environment made on request from a template: the catalog's main entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvRecord {
+    pub id: i64,
+    pub name: String,
+    pub product: String,
+    pub template: String,
+    /// The main branch commit its template was read at.
+    pub template_commit: String,
+    /// The plinth.toml environment whose policy (approvals) and secrets apply.
+    pub policy_environment: String,
+    pub account: String,
+    /// The parameters it was made (or last updated) with.
+    pub params: serde_json::Value,
+    pub status: EnvStatus,
+    pub reason: Option<String>,
+    pub owner: String,
+    pub requested_by: String,
+    pub fqdn: Option<String>,
+    pub services: Vec<String>,
+    pub cidr: Option<String>,
+    pub cidr_pool: Option<String>,
+    /// Terraform outputs after the last apply; sensitive ones are shown as `(sensitive)`.
+    pub outputs: serde_json::Value,
+    pub workspace: Option<String>,
+    pub terraform: String,
+    /// Set for a review environment: its branch, slug, and the head last seen.
+    pub review: Option<ReviewInfo>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub destroyed_at: Option<Timestamp>,
+}
+
+impl EnvRecord {
+    /// The run stack name of its kept root.
+    pub fn stack(&self) -> String {
+        format!("env/{}", self.name)
+    }
+
+    /// The hosts a service of this environment is served at: the first service at the FQDN,
+    /// the others at `SERVICE.FQDN`.
+    pub fn hosts_for(&self, service: &str) -> Vec<String> {
+        let Some(fqdn) = &self.fqdn else { return Vec::new() };
+        match self.services.iter().position(|s| s == service) {
+            Some(0) => vec![fqdn.clone()],
+            Some(_) => vec![format!("{service}.{fqdn}")],
+            None => Vec::new(),
+        }
+    }
+}
+
+/// What makes an environment a review environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewInfo {
+    pub branch: String,
+    pub slug: String,
+    pub head: Option<String>,
+    pub pushed_at: Timestamp,
+}
+
+/// A block to take from a pool for a new environment.
+#[derive(Clone, Debug)]
+pub struct CidrAsk {
+    pub pool: String,
+    pub ranges: Vec<Cidr>,
+    pub prefix: u8,
+}
+
+/// An environment to create, with its create request.
+#[derive(Clone, Debug)]
+pub struct NewEnv {
+    pub name: String,
+    pub product: String,
+    pub template: String,
+    pub template_commit: String,
+    pub policy_environment: String,
+    pub account: String,
+    pub params: serde_json::Value,
+    pub owner: String,
+    pub requested_by: String,
+    pub fqdn: Option<String>,
+    pub services: Vec<String>,
+    pub workspace: Option<String>,
+    pub terraform: String,
+    pub review: Option<ReviewInfo>,
+    /// A block to allocate in the same transaction; the create fails if the pool has none.
+    pub cidr: Option<CidrAsk>,
+}
+
+/// Fields a status change may set with the status.
+#[derive(Clone, Debug, Default)]
+pub struct EnvPatch {
+    /// Replaces the reason (`None` clears it).
+    pub reason: Option<String>,
+    pub params: Option<serde_json::Value>,
+    pub template_commit: Option<String>,
+}
+
+/// Which environments to list.
+#[derive(Clone, Debug, Default)]
+pub struct EnvFilter {
+    pub product: Option<String>,
+    pub template: Option<String>,
+    pub status: Option<EnvStatus>,
+    /// Only those that still exist (not destroyed, not a failed create).
+    pub live: bool,
+    /// Only review environments.
+    pub review: bool,
+    /// A substring of the name.
+    pub query: Option<String>,
+    /// Names after this one, for paging.
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// One create, update or destroy of an environment: who asked, with what, and how it went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvRequest {
+    pub id: i64,
+    pub environment_id: i64,
+    pub environment: String,
+    pub kind: RequestKind,
+    pub status: RequestStatus,
+    pub account: String,
+    pub requested_by: String,
+    pub template: String,
+    pub params: serde_json::Value,
+    pub outcome: Option<String>,
+    /// The runs it made, in order: the apply (or destroy), then a cleanup destroy if any.
+    pub runs: Vec<i64>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+}
+
 /// What a start attempt found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Start {
@@ -479,6 +638,58 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<Deployment>>;
     async fn append_deployment_event(&self, id: i64, message: &str, now: Timestamp) -> Result<()>;
     async fn deployment_events(&self, id: i64) -> Result<Vec<DeploymentEvent>>;
+
+    /// Creates an environment (status `queued`) and its create request, taking its CIDR block
+    /// if it asks for one, in one transaction: two concurrent creates never get overlapping
+    /// blocks. Fails with [`StoreError::EnvironmentExists`] if a live environment has the name,
+    /// and [`StoreError::PoolExhausted`] if no block is free.
+    async fn create_environment(&self, new: NewEnv, now: Timestamp) -> Result<(EnvRecord, EnvRequest)>;
+    /// Queues an update or destroy request of an environment.
+    async fn request_environment_change(
+        &self,
+        environment_id: i64,
+        kind: RequestKind,
+        requested_by: &str,
+        params: serde_json::Value,
+        now: Timestamp,
+    ) -> Result<EnvRequest>;
+    async fn environment_by_id(&self, id: i64) -> Result<Option<EnvRecord>>;
+    /// The live environment of that name, else the newest that had it.
+    async fn environment(&self, name: &str) -> Result<Option<EnvRecord>>;
+    /// Environments by name, then id.
+    async fn environments(&self, filter: &EnvFilter) -> Result<Vec<EnvRecord>>;
+    /// Moves an environment to `to` if [`EnvStatus::can_move_to`] allows it (compare-and-set).
+    /// Leaving it with nothing (destroyed, or a failed create) frees its CIDR block.
+    async fn move_environment(
+        &self,
+        id: i64,
+        to: EnvStatus,
+        patch: EnvPatch,
+        now: Timestamp,
+    ) -> Result<Option<EnvRecord>>;
+    async fn set_environment_outputs(&self, id: i64, outputs: serde_json::Value, now: Timestamp) -> Result<()>;
+    /// A review environment's branch moved to `head`.
+    async fn touch_review(&self, id: i64, head: &str, now: Timestamp) -> Result<()>;
+    async fn environment_request(&self, id: i64) -> Result<Option<EnvRequest>>;
+    /// Requests, newest first: of one environment, or all.
+    async fn environment_requests(&self, environment_id: Option<i64>, limit: u32) -> Result<Vec<EnvRequest>>;
+    /// Requests queued or running, oldest first.
+    async fn unfinished_environment_requests(&self) -> Result<Vec<EnvRequest>>;
+    /// Moves a request (compare-and-set from a status that is not final); `running` sets
+    /// `started_at`, final statuses `finished_at`.
+    async fn move_environment_request(
+        &self,
+        id: i64,
+        to: RequestStatus,
+        outcome: Option<String>,
+        now: Timestamp,
+    ) -> Result<Option<EnvRequest>>;
+    /// Remembers a run a request made.
+    async fn add_request_run(&self, id: i64, run_id: i64) -> Result<()>;
+    /// The blocks handed out from a pool, with the environment holding each.
+    async fn cidr_allocations(&self, pool: &str) -> Result<Vec<(Cidr, String)>>;
+    /// The newest applied run of each stack.
+    async fn last_applies(&self) -> Result<Vec<Run>>;
 
     /// Closes the connections once the work in flight is done; for a clean stop (SQLite folds
     /// its write-ahead log back into the database file).

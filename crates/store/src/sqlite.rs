@@ -1,13 +1,17 @@
 //! The SQLite backend: one file in the data dir, in WAL mode, with migrations from
 //! `migrations/sqlite`.
 
+mod environments;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use plinth_core::cidr::Cidr;
 use plinth_core::deploy::{DeploymentKind, DeploymentStatus};
+use plinth_core::environment::{EnvStatus, RequestKind, RequestStatus};
 use plinth_core::run::{PlanSummary, Run, RunMode, RunStatus};
 use plinth_core::secret::Scope;
 use plinth_core::time::Timestamp;
@@ -15,9 +19,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use crate::{
-    AuditEntry, AuditFilter, Deployment, DeploymentEvent, Event, Lock, LogLine, NewAudit, NewDeployment, NewEvent,
-    NewRelease, NewRun, NewSecretVersion, NewToken, Recorded, Release, Result, Rewrapped, RunFilter, RunPatch,
-    SealedSecret, SecretKey, SecretMeta, Start, Store, StoreError, Token, UnlockOutcome,
+    AuditEntry, AuditFilter, Deployment, DeploymentEvent, EnvFilter, EnvPatch, EnvRecord, EnvRequest, Event, Lock,
+    LogLine, NewAudit, NewDeployment, NewEnv, NewEvent, NewRelease, NewRun, NewSecretVersion, NewToken, Recorded,
+    Release, Result, Rewrapped, RunFilter, RunPatch, SealedSecret, SecretKey, SecretMeta, Start, Store, StoreError,
+    Token, UnlockOutcome,
 };
 
 /// plinth's state in a SQLite file.
@@ -27,7 +32,8 @@ pub struct SqliteStore {
 }
 
 const RUN_COLUMNS: &str = "id, event_id, stack, path, workspace, environment, lock_key, terraform, commit_sha, branch, \
-     mode, status, wave, depends_on, created_by, approved_by, reason, plan, created_at, started_at, finished_at, updated_at";
+     mode, status, wave, depends_on, created_by, approved_by, reason, plan, created_at, started_at, finished_at, updated_at, \
+     destroy, provisioned_env";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
@@ -58,6 +64,8 @@ fn run_from_row(row: &SqliteRow) -> Result<Run> {
         approved_by: row.try_get("approved_by")?,
         reason: row.try_get("reason")?,
         plan: plan.map(|p| serde_json::from_str::<PlanSummary>(&p)).transpose().map_err(|e| corrupt("run plan", e))?,
+        destroy: row.try_get::<i64, _>("destroy")? != 0,
+        provisioned_env: row.try_get("provisioned_env")?,
         created_at: Timestamp(row.try_get("created_at")?),
         started_at: ts("started_at")?,
         finished_at: ts("finished_at")?,
@@ -242,8 +250,8 @@ impl Store for SqliteStore {
         for run in &runs {
             let id: i64 = sqlx::query(
                 "INSERT INTO runs (event_id, stack, path, workspace, environment, lock_key, terraform, commit_sha, branch, mode, \
-                 status, wave, depends_on, created_by, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, '[]', ?, ?, ?) RETURNING id",
+                 status, wave, depends_on, created_by, created_at, updated_at, destroy, provisioned_env, approved_by) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, '[]', ?, ?, ?, ?, ?, ?) RETURNING id",
             )
             .bind(event_id)
             .bind(&run.stack)
@@ -259,6 +267,9 @@ impl Store for SqliteStore {
             .bind(&event.created_by)
             .bind(now.0)
             .bind(now.0)
+            .bind(i64::from(run.destroy))
+            .bind(run.provisioned_env)
+            .bind(&run.approved_by)
             .fetch_one(&mut *tx)
             .await?
             .try_get("id")?;
@@ -1011,6 +1022,91 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn create_environment(&self, new: NewEnv, now: Timestamp) -> Result<(EnvRecord, EnvRequest)> {
+        self.env_create(new, now).await
+    }
+
+    async fn request_environment_change(
+        &self,
+        environment_id: i64,
+        kind: RequestKind,
+        requested_by: &str,
+        params: serde_json::Value,
+        now: Timestamp,
+    ) -> Result<EnvRequest> {
+        self.env_request_change(environment_id, kind, requested_by, params, now).await
+    }
+
+    async fn environment_by_id(&self, id: i64) -> Result<Option<EnvRecord>> {
+        self.env_by_id(id).await
+    }
+
+    async fn environment(&self, name: &str) -> Result<Option<EnvRecord>> {
+        self.env_by_name(name).await
+    }
+
+    async fn environments(&self, filter: &EnvFilter) -> Result<Vec<EnvRecord>> {
+        self.env_list(filter).await
+    }
+
+    async fn move_environment(
+        &self,
+        id: i64,
+        to: EnvStatus,
+        patch: EnvPatch,
+        now: Timestamp,
+    ) -> Result<Option<EnvRecord>> {
+        self.env_move(id, to, patch, now).await
+    }
+
+    async fn set_environment_outputs(&self, id: i64, outputs: serde_json::Value, now: Timestamp) -> Result<()> {
+        self.env_set_outputs(id, outputs, now).await
+    }
+
+    async fn touch_review(&self, id: i64, head: &str, now: Timestamp) -> Result<()> {
+        self.env_touch_review(id, head, now).await
+    }
+
+    async fn environment_request(&self, id: i64) -> Result<Option<EnvRequest>> {
+        self.env_request(id).await
+    }
+
+    async fn environment_requests(&self, environment_id: Option<i64>, limit: u32) -> Result<Vec<EnvRequest>> {
+        self.env_requests(environment_id, limit).await
+    }
+
+    async fn unfinished_environment_requests(&self) -> Result<Vec<EnvRequest>> {
+        self.env_unfinished_requests().await
+    }
+
+    async fn move_environment_request(
+        &self,
+        id: i64,
+        to: RequestStatus,
+        outcome: Option<String>,
+        now: Timestamp,
+    ) -> Result<Option<EnvRequest>> {
+        self.env_move_request(id, to, outcome, now).await
+    }
+
+    async fn add_request_run(&self, id: i64, run_id: i64) -> Result<()> {
+        self.env_add_request_run(id, run_id).await
+    }
+
+    async fn cidr_allocations(&self, pool: &str) -> Result<Vec<(Cidr, String)>> {
+        self.env_cidr_allocations(pool).await
+    }
+
+    async fn last_applies(&self) -> Result<Vec<Run>> {
+        let rows = sqlx::query(sql_text(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id IN \
+             (SELECT MAX(id) FROM runs WHERE status = 'applied' GROUP BY stack) ORDER BY stack"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
     }
 
     async fn close(&self) {

@@ -1,7 +1,7 @@
 //! Driving the real `terraform` CLI: a process runner that keeps each run in its own process
 //! group with an explicit environment and streams its output line by line ([`process`]), and a
-//! [`Terraform`] driver with typed calls for init, workspaces, plan, show, apply, outputs and
-//! unlocking.
+//! [`Terraform`] driver with typed calls for init, workspaces, plan, show, apply, outputs,
+//! formatting, validation and unlocking.
 //!
 //! Every process started here is killed when its owner goes away:
 //! - when the run is cancelled, after a grace period; when the call returns, whatever it left
@@ -17,8 +17,10 @@ mod error;
 mod plan;
 pub mod process;
 mod terraform;
+mod validate;
 
 pub use error::TerraformError;
 pub use plan::{PlanOutcome, PlanSummary, ResourceChange, summarize};
 pub use process::{Exit, OutputLine, Stream, base_env, kill_group};
 pub use terraform::{Invocation, Terraform};
+pub use validate::{Validation, ValidationDiagnostic, parse_validation};

@@ -13,6 +13,7 @@ use tracing::debug;
 use crate::error::TerraformError;
 use crate::plan::{PlanOutcome, PlanSummary};
 use crate::process::{self, Ending, EnvNames, Exit, MAX_LINE, OutputLine, ProcessError, ProcessSpec, Sink, Stream};
+use crate::validate::Validation;
 
 /// A terraform binary and the environment every run of it gets (see [`crate::base_env`]).
 #[derive(Clone)]
@@ -157,6 +158,30 @@ impl Terraform {
         let ran = self.run(ctx, &["output", "-json", "-no-color"], Stdout::Capture).await?;
         ran.check(&[0])?;
         parse_json(&ran)
+    }
+
+    /// Rewrites the `.tf` files of the directory (not its subdirectories) in terraform's
+    /// canonical layout (`terraform fmt -no-color -list=false`).
+    pub async fn fmt(&self, ctx: &Invocation<'_>) -> Result<(), TerraformError> {
+        self.run(ctx, &["fmt", "-no-color", "-list=false"], Stdout::Forward).await?.check(&[0]).map(drop)
+    }
+
+    /// Checks the configuration (`terraform validate -json -no-color`) after `init`. An invalid
+    /// configuration is not an error here: the diagnostics are in the answer. The JSON is
+    /// captured, not forwarded; a one-line verdict is.
+    pub async fn validate(&self, ctx: &Invocation<'_>) -> Result<Validation, TerraformError> {
+        let ran = self.run(ctx, &["validate", "-json", "-no-color"], Stdout::Capture).await?;
+        ran.check(&[0, 1])?;
+        let validation = crate::validate::parse_validation(&ran.stdout)
+            .map_err(|e| TerraformError::BadJson { command: ran.command.clone(), reason: e.to_string() })?;
+        let errors = validation.errors().count();
+        let verdict = if validation.valid {
+            "The configuration is valid.".to_owned()
+        } else {
+            format!("The configuration is not valid: {errors} error{}.", if errors == 1 { "" } else { "s" })
+        };
+        let _ = ctx.output.send(OutputLine::stdout(verdict));
+        Ok(validation)
     }
 
     /// Releases the state lock `lock_id` (`terraform force-unlock -force`).

@@ -103,6 +103,24 @@ impl TestRepo {
         self.head()
     }
 
+    /// Creates a branch at the current commit and switches to it.
+    pub fn branch(&self, name: &str) -> &Self {
+        self.git(&["checkout", "-q", "-b", name]);
+        self
+    }
+
+    /// Switches to an existing branch.
+    pub fn checkout(&self, name: &str) -> &Self {
+        self.git(&["checkout", "-q", name]);
+        self
+    }
+
+    /// Deletes a branch (merged or not), as a push deleting it would.
+    pub fn delete_branch(&self, name: &str) -> &Self {
+        self.git(&["branch", "-q", "-D", name]);
+        self
+    }
+
     pub fn head(&self) -> String {
         self.git(&["rev-parse", "HEAD"])
     }

@@ -8,6 +8,7 @@
 
 mod expand;
 mod init;
+mod provision;
 mod raw;
 mod resolve;
 mod service;
@@ -22,6 +23,7 @@ use crate::pattern::{Glob, PathPattern, PatternError, Template};
 
 pub use expand::{LoadError, Loaded};
 pub use init::starter_config;
+pub use provision::{CidrPool, DEFAULT_REVIEW_MAX, DEFAULT_REVIEW_TTL, Product, Review};
 pub use resolve::{Resolver, Site};
 pub use service::{Amount, Health, MAX_COUNT, Service, ServiceDef, Strategy};
 
@@ -43,6 +45,12 @@ pub struct Config {
     pub stacks: Vec<StackDef>,
     /// Long-running apps, released from CI and rolled out by plinth.
     pub services: Vec<ServiceDef>,
+    /// Whom environments on request belong to.
+    pub products: BTreeMap<String, Product>,
+    /// Network ranges environments get blocks from.
+    pub cidr_pools: BTreeMap<String, CidrPool>,
+    /// An environment per branch, when set.
+    pub review: Option<Review>,
     pub source: SourceFile,
 }
 
@@ -361,13 +369,16 @@ impl Config {
         let declared: Vec<&str> = environments.keys().map(String::as_str).collect();
         let services = service::parse_services(raw.services, &declared, &mut parser.diagnostics);
         service::check_hosts(&services, &declared, &mut parser.diagnostics);
+        let products = provision::parse_products(raw.products, &mut parser.diagnostics);
+        let cidr_pools = provision::parse_pools(raw.cidr_pools, &mut parser.diagnostics);
+        let review = raw.review.and_then(|r| provision::parse_review(r, &products, &mut parser.diagnostics));
         let mut diagnostics = parser.diagnostics;
         diagnostics.sort();
         if diagnostics.has_errors() {
             return Err(diagnostics);
         }
         let warnings = diagnostics.items;
-        Ok((Config { main_branch, environments, stacks, services, source }, warnings))
+        Ok((Config { main_branch, environments, stacks, services, products, cidr_pools, review, source }, warnings))
     }
 
     pub fn service(&self, name: &str) -> Option<&ServiceDef> {
@@ -390,7 +401,7 @@ impl Config {
 }
 
 /// Turns a TOML or serde error into a diagnostic with a code and a helpful sentence.
-fn toml_error(e: &toml::de::Error) -> Diagnostic {
+pub(crate) fn toml_error(e: &toml::de::Error) -> Diagnostic {
     let message = e.message().trim().to_owned();
     if message.starts_with("unknown field") {
         let help = if message.contains("expected one of") {

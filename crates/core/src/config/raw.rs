@@ -15,6 +15,11 @@ pub(crate) struct RawConfig {
     pub stacks: BTreeMap<Spanned<String>, Spanned<RawStack>>,
     #[serde(default)]
     pub services: BTreeMap<Spanned<String>, Spanned<super::service::RawService>>,
+    #[serde(default)]
+    pub products: BTreeMap<Spanned<String>, Spanned<super::provision::RawProduct>>,
+    #[serde(default)]
+    pub cidr_pools: BTreeMap<Spanned<String>, Spanned<super::provision::RawPool>>,
+    pub review: Option<Spanned<super::provision::RawReview>>,
 }
 
 #[derive(Debug, Deserialize)]

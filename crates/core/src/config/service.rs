@@ -45,6 +45,9 @@ pub struct ServiceDef {
 pub struct Service {
     pub name: String,
     pub environment: String,
+    /// The plinth.toml environment whose settings, policy and secrets apply: the environment
+    /// itself, or for an environment made from a template, the template's environment.
+    pub policy_environment: String,
     pub containers: Vec<String>,
     /// The command; placeholders are filled in by [`Service::command_for`].
     pub command: Vec<String>,
@@ -166,6 +169,7 @@ impl ServiceDef {
         Service {
             name: self.name.clone(),
             environment: environment.to_owned(),
+            policy_environment: environment.to_owned(),
             containers: self.containers.clone(),
             command: s.command.unwrap_or_default(),
             count: s.count.unwrap_or(1),
@@ -176,6 +180,15 @@ impl ServiceDef {
             hosts: s.hosts.unwrap_or_default().iter().map(|h| placeholders(h)).collect(),
             env: s.env.unwrap_or_default(),
         }
+    }
+
+    /// The service's settings in an environment made from a template: those of the template's
+    /// environment (`policy_environment`), served at `hosts`.
+    pub fn for_provisioned(&self, environment: &str, policy_environment: &str, hosts: Vec<String>) -> Service {
+        let mut s = self.for_environment(policy_environment);
+        s.environment = environment.to_owned();
+        s.hosts = hosts;
+        s
     }
 
     /// The environments with their own settings.

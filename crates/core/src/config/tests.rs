@@ -410,3 +410,69 @@ fn bad_services_point_at_the_problem() {
         assert!(!first.help.is_empty(), "{code} has no help");
     }
 }
+
+#[test]
+fn products_pools_and_review_environments() {
+    let text = r#"
+[products.shop]
+owner = "team-shop"
+description = "The web shop"
+
+[cidr_pools.sandbox]
+ranges = ["10.20.0.0/16", "10.21.0.0/24"]
+
+[review]
+template = "review-app"
+branches = ["feature/*", "fix/*"]
+domain = "Review.Localhost"
+ttl = "72h"
+max = 5
+product = "shop"
+"#;
+    let (config, _) = Config::parse("plinth.toml", text).unwrap();
+    assert_eq!(config.products["shop"].owner, "team-shop");
+    assert_eq!(config.cidr_pools["sandbox"].ranges.len(), 2);
+    let review = config.review.unwrap();
+    assert_eq!(review.domain, "review.localhost");
+    assert_eq!(review.ttl, std::time::Duration::from_secs(72 * 3600));
+    assert!(review.applies_to("fix/login") && !review.applies_to("main"));
+    let (defaults, _) =
+        Config::parse("plinth.toml", "[review]\ntemplate = \"r\"\nbranches = [\"f/*\"]\ndomain = \"r.localhost\"\n")
+            .unwrap();
+    let review = defaults.review.unwrap();
+    assert_eq!((review.max, review.ttl), (DEFAULT_REVIEW_MAX, DEFAULT_REVIEW_TTL));
+}
+
+#[test]
+fn bad_provisioning_config_points_at_the_problem() {
+    let review = "[review]\ntemplate = \"r\"\nbranches = [\"f/*\"]\ndomain = \"r.localhost\"\n";
+    let cases: Vec<(String, &str, (usize, usize))> = vec![
+        ("[cidr_pools.a]\nranges = [\"10.0.0.1/16\"]\n".into(), "config.invalid_cidr", (2, 11)),
+        ("[cidr_pools.a]\nranges = [\"10.0.0.0/16\", \"10.0.5.0/24\"]\n".into(), "config.overlapping_ranges", (2, 26)),
+        (
+            "[cidr_pools.a]\nranges = [\"10.0.0.0/16\"]\n[cidr_pools.b]\nranges = [\"10.0.0.0/8\"]\n".into(),
+            "config.overlapping_ranges",
+            (4, 11),
+        ),
+        ("[cidr_pools.a]\nranges = []\n".into(), "config.empty_pool", (1, 1)),
+        ("[products.\"a b\"]\n".into(), "config.invalid_name", (1, 11)),
+        ("[products.a]\ncolour = 1\n".into(), "config.unknown_key", (2, 1)),
+        (review.replace("r.localhost", "r..localhost"), "config.invalid_domain", (4, 10)),
+        (format!("{review}ttl = \"soon\"\n"), "config.invalid_duration", (5, 7)),
+        (format!("{review}max = 0\n"), "config.invalid_number", (5, 7)),
+        (format!("{review}product = \"nope\"\n"), "config.unknown_product", (5, 11)),
+        (review.replace("[\"f/*\"]", "[]"), "config.missing_key", (1, 1)),
+        (review.replace("\"r\"", "\"R R\""), "config.invalid_name", (2, 12)),
+    ];
+    for (text, code, (line, column)) in cases {
+        let diagnostics = match Config::parse("plinth.toml", &text) {
+            Ok(_) => panic!("expected {code} for:\n{text}"),
+            Err(d) => d,
+        };
+        let first = diagnostics.errors().next().unwrap();
+        assert_eq!(first.code, code, "{text}\n{diagnostics}");
+        let at = diagnostics.file.position(first.span.clone().unwrap().start);
+        assert_eq!((at.line, at.column), (line, column), "{text}\n{diagnostics}");
+        assert!(!first.help.is_empty(), "{code} has no help");
+    }
+}

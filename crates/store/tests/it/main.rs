@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
+mod environments;
+
 use std::collections::BTreeMap;
 
 use plinth_core::run::{PlanSummary, RunMode, RunStatus};
@@ -40,6 +42,9 @@ fn run(stack: &str, waits_for: &[&str]) -> NewRun {
         mode: RunMode::Apply,
         wave: if waits_for.is_empty() { 1 } else { 2 },
         waits_for: waits_for.iter().map(|s| s.to_string()).collect(),
+        destroy: false,
+        provisioned_env: None,
+        approved_by: None,
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
 mod process;
+mod render;
 mod terraform;
 
 use std::cell::RefCell;
