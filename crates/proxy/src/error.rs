@@ -105,7 +105,8 @@ fn lowercase_first(sentence: &str) -> String {
     }
 }
 
-/// Why [`Proxy::serve`](crate::Proxy::serve) stopped with an error.
+/// Why [`Proxy::serve`](crate::Proxy::serve) or [`Proxy::serve_tls`](crate::Proxy::serve_tls)
+/// stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("the proxy's listener is not usable: {0}")]
@@ -125,7 +126,9 @@ impl ErrorCode for ServeError {
 
     fn help(&self) -> String {
         match self {
-            ServeError::Listener(_) => "Check that `--proxy-listen` names a free address this user may bind.".into(),
+            ServeError::Listener(_) => {
+                "Check that `--proxy-listen` (or `--tls-listen`) names a free address this user may bind.".into()
+            }
         }
     }
 }

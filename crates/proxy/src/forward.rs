@@ -30,6 +30,8 @@ pub(crate) struct Conn {
     pub(crate) inner: Arc<Inner>,
     /// The client's IP, ready for `X-Forwarded-For`.
     pub(crate) client_ip: HeaderValue,
+    /// Whether the client connected over TLS (`X-Forwarded-Proto: https`).
+    pub(crate) tls: bool,
     /// Upgraded connections are tracked and closed with the server.
     pub(crate) tracker: TaskTracker,
     pub(crate) abort: CancellationToken,
@@ -47,7 +49,7 @@ pub(crate) async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<
         Err(error) => return error.into_response(),
     };
     let upgrade = headers::is_upgrade(req.headers());
-    headers::prepare_request(&mut req, &conn.client_ip, upgrade);
+    headers::prepare_request(&mut req, &conn.client_ip, conn.tls, upgrade);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     // For error answers; a cheap clone of the header as hyper read it.
     let host = req.headers().get(HOST).cloned();

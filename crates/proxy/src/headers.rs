@@ -57,10 +57,11 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// Turns a client's request into the one sent to a backend: hop-by-hop headers removed,
-/// forwarding headers added, HTTP/1.1, an origin-form target. The `Host` header stays as the
+/// forwarding headers added (`X-Forwarded-Proto` says `https` when the client came over TLS),
+/// HTTP/1.1, an origin-form target. The `Host` header stays as the
 /// client sent it (for an absolute-form target it becomes that target's authority, as HTTP
 /// requires).
-pub(crate) fn prepare_request<B>(req: &mut Request<B>, client_ip: &HeaderValue, upgrade: bool) {
+pub(crate) fn prepare_request<B>(req: &mut Request<B>, client_ip: &HeaderValue, tls: bool, upgrade: bool) {
     if let Some(authority) = req.uri().authority().cloned() {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         if let Ok(uri) = Uri::try_from(target) {
@@ -74,7 +75,7 @@ pub(crate) fn prepare_request<B>(req: &mut Request<B>, client_ip: &HeaderValue, 
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
     append_forwarded_for(headers, client_ip);
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
     match headers.get(HOST).cloned() {
         Some(host) => headers.insert(X_FORWARDED_HOST, host),
         None => headers.remove(X_FORWARDED_HOST),
@@ -171,7 +172,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "spoofed"),
         ]);
-        prepare_request(&mut req, &ip, false);
+        prepare_request(&mut req, &ip, false, false);
         let h = req.headers();
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1");
         assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
@@ -181,8 +182,9 @@ mod tests {
 
         let mut fresh = Request::new(());
         fresh.headers_mut().insert(HOST, HeaderValue::from_static("app.localhost"));
-        prepare_request(&mut fresh, &ip, false);
+        prepare_request(&mut fresh, &ip, true, false);
         assert_eq!(fresh.headers()[X_FORWARDED_FOR], "127.0.0.1");
+        assert_eq!(fresh.headers()[X_FORWARDED_PROTO], "https", "a client over TLS overrides what it sent");
     }
 
     #[test]
@@ -194,7 +196,7 @@ mod tests {
             .version(Version::HTTP_10)
             .body(())
             .expect("request");
-        prepare_request(&mut req, &ip, false);
+        prepare_request(&mut req, &ip, false, false);
         assert_eq!(req.uri(), "/a/b?c=d");
         assert_eq!(req.version(), Version::HTTP_11);
         assert_eq!(req.headers()[HOST], "app.localhost:8000");

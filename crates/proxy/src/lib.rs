@@ -20,6 +20,8 @@
 //!   closed first) goes to another backend of the route, with its body untouched, even for a
 //!   POST. A request that was written is never sent again; it gets 502.
 //! - The proxy's own answers carry `x-plinth-error: <code>` (see [`ProxyError`]).
+//! - [`Proxy::serve_tls`] serves the same routes over HTTPS, with certificates a [`LocalCa`]
+//!   issues for the routed hosts as clients first ask for them (see [`tls`]).
 //!
 //! A rollout, with this API: start the new instances and wait for their health checks; add
 //! them with `update_routes`; then for each old instance remove it with `update_routes`, await
@@ -32,6 +34,7 @@ mod forward;
 mod headers;
 mod routes;
 mod server;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -45,6 +48,7 @@ use crate::backend::{BackendState, PoolLimits, Upstream};
 pub use backend::Drained;
 pub use error::{ERROR_HEADER, ProxyError, ServeError};
 pub use routes::{Backend, Route, RouteError, RouteTable};
+pub use tls::{CA_CERT_FILE, CA_KEY_FILE, CaError, LocalCa};
 
 /// How the proxy behaves; [`Default`] fits most uses.
 #[derive(Clone, Debug)]
@@ -67,6 +71,9 @@ pub struct ProxyConfig {
     /// After the shutdown signal, how long requests in flight and upgraded connections may
     /// take to finish before they are closed.
     pub shutdown_grace: Duration,
+    /// How long a client of [`Proxy::serve_tls`] may take to complete its TLS handshake,
+    /// including the issuing of a certificate its host has not had yet.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -78,6 +85,7 @@ impl Default for ProxyConfig {
             pool_max_idle_per_backend: 128,
             failure_cooldown: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -182,7 +190,20 @@ impl Proxy {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        server::serve(Arc::clone(&self.inner), listener, shutdown).await
+        server::serve(Arc::clone(&self.inner), listener, None, shutdown).await
+    }
+
+    /// [`serve`](Self::serve) over TLS: the same routes, requests and shutdown, with each
+    /// routed host's certificate issued by `ca` the first time a client asks for it, and
+    /// cached. A client that names no host (SNI) or one the routes do not serve gets an alert;
+    /// requests carry `X-Forwarded-Proto: https`.
+    pub async fn serve_tls(
+        &self,
+        listener: tokio::net::TcpListener,
+        ca: Arc<LocalCa>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        server::serve(Arc::clone(&self.inner), listener, Some(ca), shutdown).await
     }
 }
 

@@ -1,5 +1,6 @@
-//! The accept loop: one task per client connection, idle backend connections reaped, and the
-//! shutdown (stop accepting, let what is in flight finish for a grace period, close the rest).
+//! The accept loop: one task per client connection (plain, or TLS first), idle backend
+//! connections reaped, and the shutdown (stop accepting, let what is in flight finish for a
+//! grace period, close the rest).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,14 +20,17 @@ use tracing::{debug, error, info, warn};
 use crate::Inner;
 use crate::error::ServeError;
 use crate::forward::{self, Conn};
+use crate::tls::{self, LocalCa};
 
 /// How long accepting pauses after an error that is not about one client (such as running
 /// out of file descriptors), so that the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// Serves `listener`: plain HTTP, or with `ca`, HTTPS with its certificates.
 pub(crate) async fn serve(
     inner: Arc<Inner>,
     listener: TcpListener,
+    ca: Option<Arc<LocalCa>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
@@ -36,7 +40,7 @@ pub(crate) async fn serve(
     // Cancelled when the grace period is over: whatever is left closes now.
     let abort = CancellationToken::new();
     tracker.spawn(reap_idle(Arc::clone(&inner), graceful.clone()));
-    info!(%addr, "The proxy is listening.");
+    info!(%addr, tls = ca.is_some(), "The proxy is listening.");
 
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -46,13 +50,29 @@ pub(crate) async fn serve(
         };
         match accepted {
             Ok((stream, client)) => {
+                if let Err(error) = stream.set_nodelay(true) {
+                    debug!(%client, %error, "Could not set TCP_NODELAY.");
+                }
                 let conn = Conn {
                     inner: Arc::clone(&inner),
                     client_ip: client_ip(client),
+                    tls: ca.is_some(),
                     tracker: tracker.clone(),
                     abort: abort.clone(),
                 };
-                tracker.spawn(connection(stream, client, conn, graceful.clone(), abort.clone()));
+                match &ca {
+                    None => {
+                        tracker.spawn(connection(TokioIo::new(stream), client, conn, graceful.clone(), abort.clone()))
+                    }
+                    Some(ca) => tracker.spawn(tls_connection(
+                        Arc::clone(ca),
+                        stream,
+                        client,
+                        conn,
+                        graceful.clone(),
+                        abort.clone(),
+                    )),
+                };
             }
             Err(error) if is_about_one_client(&error) => debug!(%error, "A client left before it was accepted."),
             Err(error) => {
@@ -81,25 +101,43 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// Serves one client connection until it closes, the shutdown asks it to finish, or the grace
-/// period ends.
-async fn connection(
+/// Completes a TLS handshake within [`ProxyConfig::tls_handshake_timeout`](crate::ProxyConfig),
+/// then serves the connection as [`connection`] does. A handshake still going at the shutdown
+/// signal is dropped.
+async fn tls_connection(
+    ca: Arc<LocalCa>,
     stream: TcpStream,
     client: SocketAddr,
     conn: Conn,
     graceful: CancellationToken,
     abort: CancellationToken,
 ) {
-    if let Err(error) = stream.set_nodelay(true) {
-        debug!(%client, %error, "Could not set TCP_NODELAY.");
-    }
+    let timeout = conn.inner.config.tls_handshake_timeout;
+    let handshake = tokio::time::timeout(timeout, tls::handshake(&conn.inner, &ca, stream));
+    let stream = tokio::select! {
+        handshake = handshake => match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return debug!(%client, %error, "A TLS handshake failed."),
+            Err(_) => return debug!(%client, ?timeout, "A TLS handshake timed out."),
+        },
+        () = graceful.cancelled() => return,
+    };
+    connection(TokioIo::new(stream), client, conn, graceful, abort).await;
+}
+
+/// Serves one client connection until it closes, the shutdown asks it to finish, or the grace
+/// period ends.
+async fn connection<I>(io: I, client: SocketAddr, conn: Conn, graceful: CancellationToken, abort: CancellationToken)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let inner = Arc::clone(&conn.inner);
     let conn = Arc::new(conn);
     let service = service_fn(move |req| {
         let conn = Arc::clone(&conn);
         async move { Ok::<_, Infallible>(forward::handle(&conn, req).await) }
     });
-    let connection = inner.server.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let connection = inner.server.serve_connection(io, service).with_upgrades();
     let mut connection = std::pin::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

@@ -12,4 +12,5 @@ mod routing;
 mod shutdown;
 mod support;
 mod switch;
+mod tls;
 mod upgrade;

@@ -41,7 +41,7 @@ impl Reply {
         self.header("x-plinth-error")
     }
 
-    async fn read(response: Response<hyper::body::Incoming>) -> Result<Self, hyper::Error> {
+    pub async fn read(response: Response<hyper::body::Incoming>) -> Result<Self, hyper::Error> {
         let (parts, body) = response.into_parts();
         let body = body.collect().await?.to_bytes();
         Ok(Self { status: parts.status.as_u16(), headers: parts.headers, body })

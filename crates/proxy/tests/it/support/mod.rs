@@ -2,18 +2,21 @@
 
 mod backend;
 mod client;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use plinth_proxy::{Proxy, ProxyConfig, RouteTable, ServeError};
+use plinth_proxy::{LocalCa, Proxy, ProxyConfig, RouteTable, ServeError};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use backend::TestBackend;
-pub use client::{Client, Raw, get, handshake};
+pub use client::{Client, Raw, Reply, get, handshake};
+pub use tls::{TlsClient, ca_in};
 
 /// How long any one wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -56,6 +59,19 @@ impl TestProxy {
     }
 
     pub async fn with_config(config: ProxyConfig, table: RouteTable) -> Self {
+        Self::spawn(config, table, None).await
+    }
+
+    /// The proxy serving HTTPS with certificates from `ca`.
+    pub async fn start_tls(table: RouteTable, ca: Arc<LocalCa>) -> Self {
+        Self::spawn(ProxyConfig::default(), table, Some(ca)).await
+    }
+
+    pub async fn with_tls_config(config: ProxyConfig, table: RouteTable, ca: Arc<LocalCa>) -> Self {
+        Self::spawn(config, table, Some(ca)).await
+    }
+
+    async fn spawn(config: ProxyConfig, table: RouteTable, ca: Option<Arc<LocalCa>>) -> Self {
         let proxy = Proxy::new(config);
         proxy.set_routes(table);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -63,11 +79,13 @@ impl TestProxy {
         let (shutdown, signal) = oneshot::channel::<()>();
         let serving = proxy.clone();
         let served = tokio::spawn(async move {
-            serving
-                .serve(listener, async {
-                    let _ = signal.await;
-                })
-                .await
+            let signal = async {
+                let _ = signal.await;
+            };
+            match ca {
+                Some(ca) => serving.serve_tls(listener, ca, signal).await,
+                None => serving.serve(listener, signal).await,
+            }
         });
         Self { proxy, addr, shutdown: Some(shutdown), served }
     }
