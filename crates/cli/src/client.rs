@@ -190,6 +190,19 @@ impl Client {
         self.decode(response)
     }
 
+    /// GETs a text answer, such as a PEM certificate.
+    pub fn get_text(&self, path: &str) -> Result<String, Failure> {
+        let response = self.send(self.request(reqwest::Method::GET, path)?)?;
+        response.text().map_err(|e| {
+            Failure::new(
+                "client.bad_response",
+                format!("the server's answer could not be read: {e}"),
+                "Check that --server points at a plinth server of the same version.",
+                self.format,
+            )
+        })
+    }
+
     pub fn post<T: DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> Result<T, Failure> {
         let response = self.send(self.request(reqwest::Method::POST, path)?.json(body))?;
         self.decode(response)

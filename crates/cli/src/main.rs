@@ -64,8 +64,17 @@ enum Command {
     Exec(commands::exec::Args),
     /// Releases of a service: publish (from CI, with imagedefinitions.json), list.
     Release(commands::release::Args),
+    /// Templates environments are made from: list, show (parameters and their rules).
+    Templates(commands::env::TemplatesArgs),
+    /// Environments on request: create from a template, list, show, update, destroy, and the
+    /// request log.
+    Env(commands::env::EnvArgs),
+    /// The catalog: products, environments, services' releases, stacks' last applies; export.
+    Catalog(commands::env::CatalogArgs),
     /// Secrets on a plinth server: set (from stdin), list (never values), rm, rotate-master-key.
     Secrets(commands::secrets::Args),
+    /// The local CA of the proxy's HTTPS: `export` prints its certificate and how to trust it.
+    Ca(commands::ca::Args),
     /// A small HTTP app that answers its version, for the quickstart and deploy tests; flags
     /// make it start slowly, fail health checks, answer slowly or crash.
     DemoApp(commands::demo_app::Args),
@@ -98,6 +107,10 @@ fn main() -> ExitCode {
         Command::Tokens(args) => commands::runs::tokens(args),
         Command::Audit(args) => commands::runs::audit(args),
         Command::Secrets(args) => commands::secrets::run(args),
+        Command::Templates(args) => commands::env::templates(args),
+        Command::Env(args) => commands::env::env(args),
+        Command::Catalog(args) => commands::env::catalog(args),
+        Command::Ca(args) => commands::ca::run(args),
         Command::Release(args) => commands::release::run(args),
         Command::Deploy(args) => commands::deploy::run(args),
         Command::Logs(args) => commands::deploy::logs(args),

@@ -5,8 +5,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::tree::{EntryKind, Tree, TreeError, join};
 
-pub use crate::module_interface::{ModuleInterface, ModuleOutput, ModuleVariable, module_interface};
-
 /// Whether a file holds Terraform (or OpenTofu) configuration.
 pub fn is_terraform_file(name: &str) -> bool {
     [".tf", ".tf.json", ".tofu", ".tofu.json"].iter().any(|ext| name.ends_with(ext))

@@ -12,7 +12,11 @@ use serde_json::{Value as Json, json};
 use toml::Spanned;
 
 use crate::cidr::Cidr;
+use crate::config::Config;
 use crate::error::{Diagnostic, Diagnostics, SourceFile};
+use crate::module_interface::{ModuleInterface, module_interface};
+use crate::modules::is_terraform_file;
+use crate::tree::{EntryKind, Tree, TreeError};
 
 /// Where templates live in the repo.
 pub const TEMPLATES_DIR: &str = "templates";
@@ -527,6 +531,145 @@ pub fn is_domain(s: &str) -> bool {
                 && !label.ends_with('-')
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         })
+}
+
+/// A template read from a tree and checked against its module and plinth.toml.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub template: Template,
+    /// Its directory, `templates/NAME`.
+    pub dir: String,
+    pub interface: ModuleInterface,
+}
+
+/// The names of the templates in a tree: the directories under `templates/` that hold a
+/// `template.toml`, in name order.
+pub fn template_names(tree: &dyn Tree) -> Result<Vec<String>, TreeError> {
+    let Some(entries) = tree.read_dir(TEMPLATES_DIR)? else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for entry in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
+        if tree.read_file(&format!("{TEMPLATES_DIR}/{}/{TEMPLATE_FILE}", entry.name))?.is_some() {
+            out.push(entry.name.clone());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads `templates/NAME/` from a tree: parses its `template.toml`, reads its module's
+/// variables and outputs, and checks the two against each other and against `config`. Every
+/// problem is a diagnostic of `template.toml`.
+pub fn read_template(tree: &dyn Tree, config: &Config, name: &str) -> Result<Found, Diagnostics> {
+    let dir = format!("{TEMPLATES_DIR}/{name}");
+    let file = format!("{dir}/{TEMPLATE_FILE}");
+    let plain = |code: &'static str, message: String, help: &str| {
+        let mut d = Diagnostics::new(SourceFile::new(file.clone(), ""));
+        d.push(Diagnostic::error(code, message).help(help));
+        d
+    };
+    let text = match tree.read_file(&file) {
+        Ok(Some(bytes)) => String::from_utf8(bytes)
+            .map_err(|_| plain("template.not_utf8", format!("{file} is not UTF-8"), "Save the file as UTF-8."))?,
+        Ok(None) => {
+            return Err(plain(
+                "template.not_found",
+                format!("{file} does not exist"),
+                "A template is a directory templates/NAME/ with a Terraform module and a template.toml.",
+            ));
+        }
+        Err(e) => return Err(plain("template.unreadable", e.message, "Check the repository.")),
+    };
+    let template = Template::parse(name, &file, &text)?;
+    let mut d = Diagnostics::new(template.source.clone());
+    let mut files = Vec::new();
+    let entries = tree.read_dir(&dir).map_err(|e| plain("template.unreadable", e.message, "Check the repository."))?;
+    for entry in entries.unwrap_or_default().iter().filter(|e| e.kind == EntryKind::File && is_terraform_file(&e.name))
+    {
+        let path = format!("{dir}/{}", entry.name);
+        if let Ok(Some(bytes)) = tree.read_file(&path) {
+            files.push((path, bytes));
+        }
+    }
+    if files.is_empty() {
+        d.push(
+            Diagnostic::error("template.no_module", format!("{dir} holds no Terraform files"))
+                .help("a template is a Terraform module (main.tf with variables and outputs) plus template.toml"),
+        );
+        return Err(d);
+    }
+    let interface = match module_interface(&files) {
+        Ok(interface) => interface,
+        Err(e) => {
+            d.push(Diagnostic::error("template.bad_module", e).help("fix the module so that Terraform can read it"));
+            return Err(d);
+        }
+    };
+    check_against(&template, &interface, config, &mut d);
+    if d.has_errors() {
+        d.sort();
+        return Err(d);
+    }
+    Ok(Found { template, dir, interface })
+}
+
+/// What a template must agree with: its module's variables, and plinth.toml.
+fn check_against(t: &Template, interface: &ModuleInterface, config: &Config, d: &mut Diagnostics) {
+    if !config.environments.contains_key(&t.environment) {
+        d.push(
+            Diagnostic::error("template.unknown_environment", format!("environment `{}` is not in plinth.toml", t.environment))
+                .help("declare it as [environments.NAME]; its approval and secrets apply to environments made from this template"),
+        );
+    }
+    for service in &t.services {
+        if config.service(service).is_none() {
+            d.push(
+                Diagnostic::error("template.unknown_service", format!("service `{service}` is not in plinth.toml"))
+                    .help("declare it as [services.NAME], or remove it from `services`"),
+            );
+        }
+    }
+    if let Some(cidr) = &t.cidr {
+        if !config.cidr_pools.contains_key(&cidr.pool) {
+            d.push(
+                Diagnostic::error("template.unknown_pool", format!("CIDR pool `{}` is not in plinth.toml", cidr.pool))
+                    .at(cidr.span.clone())
+                    .help("declare it as [cidr_pools.NAME] with `ranges`"),
+            );
+        }
+        if interface.variable("plinth_cidr").is_none() {
+            d.push(
+                Diagnostic::error(
+                    "template.unused_cidr",
+                    "the template asks for a CIDR block, but its module has no `plinth_cidr` variable",
+                )
+                .at(cidr.span.clone())
+                .help("add `variable \"plinth_cidr\" { type = string }` to the module, or remove `cidr`"),
+            );
+        }
+    }
+    for p in &t.parameters {
+        if interface.variable(&p.name).is_none() {
+            d.push(
+                Diagnostic::error(
+                    "template.unknown_variable",
+                    format!("parameter `{}` is not a variable of the module", p.name),
+                )
+                .at(p.span.clone())
+                .help(format!("add `variable \"{}\"` to the module, or remove the parameter", p.name)),
+            );
+        }
+    }
+    for v in interface.variables.iter().filter(|v| v.required) {
+        if t.parameter(&v.name).is_none() && !PLINTH_INPUTS.contains(&v.name.as_str()) {
+            d.push(
+                Diagnostic::error(
+                    "template.missing_parameter",
+                    format!("the module's variable `{}` has no default and no parameter", v.name),
+                )
+                .help(format!("add [parameters.{}] to {TEMPLATE_FILE}, or give the variable a default", v.name)),
+            );
+        }
+    }
 }
 
 /// Turns one `[parameters.NAME]` table into a parameter, or records why it cannot be one.

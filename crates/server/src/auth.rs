@@ -33,7 +33,9 @@ impl Caller {
                 Some(e) if !e.approval => format!("nobody: environment `{env}` does not require approval"),
                 _ => "an admin token".to_owned(),
             },
-            Action::Read | Action::Plan | Action::Cancel { own: true } => "a developer or admin token".to_owned(),
+            Action::Read | Action::Plan | Action::Provision | Action::Cancel { own: true } => {
+                "a developer or admin token".to_owned()
+            }
             _ => "an admin token".to_owned(),
         };
         Err(ApiError::new(

@@ -238,7 +238,7 @@ pub async fn run(state: AppState, tracker: TaskTracker) {
         };
         for d in pending.into_iter().filter(|d| d.status == DeploymentStatus::Queued) {
             let key = (d.service.clone(), d.environment.clone());
-            if state.deployer.is_rolling(&key) {
+            if state.deployer.is_rolling(&key) || !environment_ready(&state, &d.environment).await {
                 continue;
             }
             let Ok(Some(d)) =
@@ -327,7 +327,72 @@ async fn service_settings(state: &AppState, key: &Key) -> Result<Service, String
         .config
         .service(&key.0)
         .ok_or_else(|| format!("service `{}` is no longer in plinth.toml on the main branch", key.0))?;
-    Ok(def.for_environment(&key.1))
+    crate::environments::service_in(state, &policy.config, def, &key.1).await
+}
+
+/// Whether deployments may roll out in `environment` now: a plinth.toml environment always; an
+/// environment made on request once it is ready (its infrastructure exists).
+async fn environment_ready(state: &AppState, environment: &str) -> bool {
+    let declared = crate::policy::current(state).await.is_ok_and(|p| p.config.environments.contains_key(environment));
+    if declared {
+        return true;
+    }
+    matches!(
+        state.store.environment(environment).await,
+        Ok(Some(env)) if matches!(env.status, plinth_core::environment::EnvStatus::Ready | plinth_core::environment::EnvStatus::Updating)
+    )
+}
+
+/// Takes an environment made on request out of service before its destroy: its rollouts are
+/// cancelled, deployments waiting for it cancelled, its instances drained and stopped, and its
+/// hosts removed from the proxy (404 from then on).
+pub async fn retire_environment(state: &AppState, env: &plinth_store::EnvRecord) {
+    let why = format!("environment `{}` is being destroyed", env.name);
+    if let Ok(unfinished) = state.store.unfinished_deployments().await {
+        for d in unfinished.into_iter().filter(|d| d.environment == env.name) {
+            if !state.deployer.cancel(d.id, why.clone()) {
+                let _ = state
+                    .store
+                    .move_deployment(d.id, DeploymentStatus::Cancelled, Some(why.clone()), None, state.now())
+                    .await;
+            }
+        }
+    }
+    // Rollouts end by themselves once cancelled; wait for them, so none starts an instance after.
+    while state.deployer.active.lock().unwrap_or_else(|e| e.into_inner()).values().any(|a| a.key.1 == env.name) {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    let retired: Vec<(Key, Live)> = {
+        let mut live = state.deployer.live.lock().unwrap_or_else(|e| e.into_inner());
+        let keys: Vec<Key> = live.keys().filter(|k| k.1 == env.name).cloned().collect();
+        keys.into_iter().filter_map(|k| live.remove(&k).map(|l| (k, l))).collect()
+    };
+    for (key, live) in retired {
+        let _ = state.deployer.proxy.update_routes::<(), std::convert::Infallible>(|t| {
+            for i in &live.instances {
+                t.remove_backend(i.id());
+            }
+            Ok(())
+        });
+        match service_settings(state, &key).await {
+            Ok(service) => {
+                futures_util::future::join_all(live.instances.iter().map(|i| retire(state, &service, i, None))).await;
+            }
+            Err(_) => {
+                futures_util::future::join_all(live.instances.iter().map(|i| i.stop(None))).await;
+            }
+        }
+    }
+    let hosts: Vec<String> = env.services.iter().flat_map(|s| env.hosts_for(s)).collect();
+    let _ = state.deployer.proxy.update_routes::<(), std::convert::Infallible>(|t| {
+        for host in &hosts {
+            t.remove(host);
+        }
+        Ok(())
+    });
 }
 
 /// Makes the service's hosts known to the proxy (503 until an instance is healthy, not 404).
@@ -461,7 +526,7 @@ async fn start_instance(
 ) -> Result<Instance, String> {
     let id = format!("{}-{}-d{deployment}-{n}", service.name, service.environment);
     let port = plinth_runtime::free_port().map_err(|e| format!("no free port: {e}"))?;
-    let secrets = crate::secrets::for_instances(state, &service.name, &service.environment, &id).await?;
+    let secrets = crate::secrets::for_instances(state, &service.name, &service.policy_environment, &id).await?;
     let command = service.command_for(port, &release.images, &id);
     let dir: PathBuf = state.paths.data.join("instances").join(&id);
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;

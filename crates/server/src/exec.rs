@@ -300,7 +300,7 @@ pub(crate) async fn prepare(
     caller: &str,
 ) -> Result<Exec, String> {
     let id = new_id(&service.name, &service.environment)?;
-    let secrets = crate::secrets::for_instances(state, &service.name, &service.environment, &id).await?;
+    let secrets = crate::secrets::for_instances(state, &service.name, &service.policy_environment, &id).await?;
     let redactor = Redactor::new(secrets.values()).map_err(|e| e.to_string())?;
     let dir = state.paths.data.join("exec").join(&id);
     let mut env: BTreeMap<String, String> =

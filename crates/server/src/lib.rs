@@ -8,10 +8,13 @@
 pub mod api;
 mod auth;
 mod deployer;
+mod environments;
 mod error;
 pub mod exec;
 mod logs;
 mod policy;
+mod provisioner;
+mod review;
 mod runner;
 mod scheduler;
 mod secrets;
@@ -48,6 +51,10 @@ pub enum ServerError {
     Rotation(String),
     #[error("the proxy could not listen on {addr}: {source}")]
     ProxyListen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("the proxy's HTTPS could not listen on {addr}: {source}")]
+    TlsListen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Ca(#[from] plinth_proxy::CaError),
 }
 
 impl ErrorCode for ServerError {
@@ -60,7 +67,8 @@ impl ErrorCode for ServerError {
             ServerError::Http(_) => "server.http",
             ServerError::MasterKey(e) => e.code(),
             ServerError::Rotation(_) => "secret.rotation_failed",
-            ServerError::ProxyListen { .. } => "server.listen",
+            ServerError::ProxyListen { .. } | ServerError::TlsListen { .. } => "server.listen",
+            ServerError::Ca(e) => e.code(),
         }
     }
 
@@ -80,6 +88,8 @@ impl ErrorCode for ServerError {
             ServerError::ProxyListen { .. } => {
                 "Pick a free address for --proxy-listen, or stop what listens there.".into()
             }
+            ServerError::TlsListen { .. } => "Pick a free address for --tls-listen, or stop what listens there.".into(),
+            ServerError::Ca(e) => e.help(),
             ServerError::Rotation(_) => {
                 "Check the master key file and its `.next` file beside it; both are needed until the rotation finishes."
                     .into()
@@ -100,6 +110,9 @@ pub struct Prepared {
     pub master_key_created: Option<std::path::PathBuf>,
     /// The proxy's listener, bound, when `proxy_listen` is set.
     pub proxy: Option<tokio::net::TcpListener>,
+    /// The proxy's HTTPS listener, bound, and the local CA (opened or created in
+    /// `<data-dir>/ca`), when `tls_listen` is set.
+    pub tls: Option<(tokio::net::TcpListener, std::sync::Arc<plinth_proxy::LocalCa>)>,
 }
 
 impl Prepared {
@@ -107,14 +120,25 @@ impl Prepared {
     pub fn proxy_addr(&self) -> Option<std::net::SocketAddr> {
         self.proxy.as_ref().and_then(|l| l.local_addr().ok())
     }
+
+    /// Where the proxy serves HTTPS (port 0 in the config is resolved here).
+    pub fn tls_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
 }
 
 /// Sets everything up; nothing is served or run yet.
 pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
     let paths = Paths::new(&config.data_dir);
-    for dir in
-        [&paths.data, &paths.workspaces, &paths.log_spool, &paths.state, &paths.plugin_cache, &paths.module_cache]
-    {
+    for dir in [
+        &paths.data,
+        &paths.workspaces,
+        &paths.log_spool,
+        &paths.state,
+        &paths.plugin_cache,
+        &paths.module_cache,
+        &paths.environments,
+    ] {
         std::fs::create_dir_all(dir)
             .map_err(|source| ServerError::DataDir { path: dir.display().to_string(), source })?;
     }
@@ -138,10 +162,34 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, ServerError> {
         ),
         None => None,
     };
+    let tls = match state.config.tls_listen {
+        Some(addr) => {
+            let ca = open_ca(state.paths.ca.clone()).await?;
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::TlsListen { addr, source })?;
+            Some((listener, ca))
+        }
+        None => None,
+    };
     if let Err(e) = deployer::recover(&state).await {
         tracing::error!(error = %e, "Could not bring the services back.");
     }
-    Ok(Prepared { state, admin_token, master_key_created, proxy })
+    Ok(Prepared { state, admin_token, master_key_created, proxy, tls })
+}
+
+/// Opens the proxy's local CA, creating it (the key with mode 0600) on the first start.
+async fn open_ca(dir: std::path::PathBuf) -> Result<std::sync::Arc<plinth_proxy::LocalCa>, ServerError> {
+    let shown = dir.display().to_string();
+    let ca = tokio::task::spawn_blocking(move || plinth_proxy::LocalCa::open_or_create(&dir))
+        .await
+        .map_err(|e| ServerError::DataDir { path: shown.clone(), source: std::io::Error::other(e.to_string()) })??;
+    if ca.created() {
+        let name = ca.common_name();
+        tracing::info!(dir = %shown, %name, "Created the local CA; clients trust it with `plinth ca export`.");
+    } else {
+        tracing::info!(dir = %shown, name = %ca.common_name(), "Opened the local CA.");
+    }
+    Ok(std::sync::Arc::new(ca))
 }
 
 /// Opens the master key file, creating it (mode 0600) on the first start.
@@ -213,12 +261,22 @@ pub async fn serve(
     let watcher = tokio::spawn(watcher::run(state.clone()));
     let scheduler = tokio::spawn(scheduler::run(state.clone(), tracker.clone()));
     let deploys = tokio::spawn(deployer::run(state.clone(), tracker.clone()));
+    let provisioning = tokio::spawn(provisioner::run(state.clone(), tracker.clone()));
     let proxy = prepared.proxy.map(|listener| {
         let proxy = state.deployer.proxy().clone();
         let stop = state.shutdown.clone();
         tokio::spawn(async move {
             if let Err(e) = proxy.serve(listener, async move { stop.cancelled().await }).await {
                 tracing::error!(error = %e, "The proxy failed.");
+            }
+        })
+    });
+    let tls = prepared.tls.map(|(listener, ca)| {
+        let proxy = state.deployer.proxy().clone();
+        let stop = state.shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = proxy.serve_tls(listener, ca, async move { stop.cancelled().await }).await {
+                tracing::error!(error = %e, "The proxy's HTTPS failed.");
             }
         })
     });
@@ -235,8 +293,12 @@ pub async fn serve(
     let _ = watcher.await;
     let _ = scheduler.await;
     let _ = deploys.await;
+    let _ = provisioning.await;
     if let Some(proxy) = proxy {
         let _ = proxy.await;
+    }
+    if let Some(tls) = tls {
+        let _ = tls.await;
     }
     tracker.close();
     let grace = state.config.shutdown_grace;

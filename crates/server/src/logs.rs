@@ -301,6 +301,9 @@ mod tests {
             mode: RunMode::Apply,
             wave: 0,
             waits_for: Vec::new(),
+            destroy: false,
+            provisioned_env: None,
+            approved_by: None,
         };
         let recorded = store.record_event(event, vec![run], Timestamp(0)).await.unwrap();
         (store, recorded.runs[0].id)

@@ -149,6 +149,7 @@ fn finish(state: &AppState, id: i64) {
         running.remove(&id);
     }
     state.wake_scheduler.notify_one();
+    let _ = state.run_ended.send(id);
 }
 
 fn reason(text: impl Into<String>) -> RunPatch {
@@ -235,7 +236,7 @@ async fn plan_phase(state: &AppState, run: &Run, log: &mut RunLog, cancel: &Canc
                     true
                 }
             };
-            if approval {
+            if approval && run.approved_by.is_none() {
                 let env = run.environment.clone().unwrap_or_default();
                 let approvers = policy
                     .as_ref()
@@ -385,7 +386,10 @@ async fn apply_steps(
     .await;
     match result {
         Ok(()) => {
-            note(state, log, "Applied.").await;
+            note(state, log, if run.destroy { "Destroyed." } else { "Applied." }).await;
+            if let (Some(env), false) = (run.provisioned_env, run.destroy) {
+                record_outputs(state, run, layout, log, handed, env).await;
+            }
             Ending::to(RunStatus::Applied, RunPatch::default())
         }
         Err(Failure::Interrupted) => {
@@ -399,6 +403,58 @@ async fn apply_steps(
             Ending::to(if stopping { RunStatus::Interrupted } else { RunStatus::Cancelled }, reason(why))
         }
         Err(Failure::Failed(why)) => failed(state, log, why).await,
+    }
+}
+
+/// Keeps an environment's Terraform outputs in the catalog: sensitive ones as `(sensitive)`,
+/// the rest masked like the log. A failure is noted, not fatal: the apply happened.
+async fn record_outputs(state: &AppState, run: &Run, layout: &Layout, log: &mut RunLog, handed: &Handed, env: i64) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let outputs = async {
+        let terraform = terraform_for(state, run, layout)?;
+        let run_env = run_env(state, run, handed);
+        let cancel = CancellationToken::new();
+        let ctx = invocation(layout, &run_env, &tx, &cancel, state.config.terraform_grace, &|_| {}, None);
+        terraform.outputs(&ctx).await.map_err(Failure::from)
+    }
+    .await;
+    // `output -json` prints nothing but its command line to the channel; the values stay here.
+    while let Ok(line) = rx.try_recv() {
+        write_line(state, log, line).await;
+    }
+    match outputs {
+        Ok(serde_json::Value::Object(all)) => {
+            let mut kept = serde_json::Map::new();
+            for (name, output) in all {
+                let sensitive = output.get("sensitive").and_then(|s| s.as_bool()).unwrap_or(true);
+                let value = match output.get("value") {
+                    _ if sensitive => serde_json::Value::String("(sensitive)".into()),
+                    Some(v) => mask_json(log, v),
+                    None => serde_json::Value::Null,
+                };
+                kept.insert(name, value);
+            }
+            let count = kept.len();
+            match state.store.set_environment_outputs(env, serde_json::Value::Object(kept), state.now()).await {
+                Ok(()) => note(state, log, &format!("Recorded {count} output(s) in the catalog.")).await,
+                Err(e) => note(state, log, &format!("Could not record the outputs: {e}")).await,
+            }
+        }
+        Ok(_) => note(state, log, "terraform output gave no object; no outputs recorded.").await,
+        Err(Failure::Failed(why)) => note(state, log, &format!("Could not read the outputs: {why}")).await,
+        Err(Failure::Interrupted) => {}
+    }
+}
+
+/// A JSON value with every string masked as the log masks lines.
+fn mask_json(log: &RunLog, value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::String(s) => serde_json::Value::String(log.redact(s)),
+        serde_json::Value::Array(items) => serde_json::Value::Array(items.iter().map(|v| mask_json(log, v)).collect()),
+        serde_json::Value::Object(map) => {
+            serde_json::Value::Object(map.iter().map(|(k, v)| (log.redact(k), mask_json(log, v))).collect())
+        }
+        other => other.clone(),
     }
 }
 
@@ -493,11 +549,20 @@ async fn plan_steps(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (tx, rx) = (&tx, &mut rx);
     remove_workspace(state, run.id).await;
-    note(state, log, &format!("Checking out {} of `{}`.", short(&run.commit), run.stack)).await;
-    let files = checkout(state, &run.commit, &run.stack, &layout.checkout)
-        .await
-        .map_err(|e| Failure::Failed(format!("could not check out the commit: {e}")))?;
-    note(state, log, &format!("Checked out {files} files.")).await;
+    if let Some(env) = run.provisioned_env {
+        let kept = state.paths.kept_root(env);
+        note(state, log, &format!("Copying the kept root of `{}` from {}.", run.stack, kept.display())).await;
+        let files = crate::environments::copy_dir(&kept, &layout.checkout)
+            .await
+            .map_err(|e| Failure::Failed(format!("could not copy the environment's kept root: {e}")))?;
+        note(state, log, &format!("Copied {files} files.")).await;
+    } else {
+        note(state, log, &format!("Checking out {} of `{}`.", short(&run.commit), run.stack)).await;
+        let files = checkout(state, &run.commit, &run.stack, &layout.checkout)
+            .await
+            .map_err(|e| Failure::Failed(format!("could not check out the commit: {e}")))?;
+        note(state, log, &format!("Checked out {files} files.")).await;
+    }
     if !layout.stack.is_dir() {
         return Err(Failure::Failed(format!("directory `{}` is not in commit {}", run.path, short(&run.commit))));
     }
@@ -515,7 +580,7 @@ async fn plan_steps(
     if let Some(workspace) = &run.workspace {
         pump(state, log, rx, terraform.select_workspace(&ctx, workspace)).await?;
     }
-    let outcome = pump(state, log, rx, terraform.plan(&ctx, &layout.plan, false)).await?;
+    let outcome = pump(state, log, rx, terraform.plan(&ctx, &layout.plan, run.destroy)).await?;
     if outcome == PlanOutcome::NoChanges {
         return Ok(None);
     }

@@ -236,6 +236,7 @@ pub async fn for_run(state: &AppState, run: &Run, phase: &str) -> Result<Handed,
         environment: run.environment.as_deref(),
         branch: run.branch.as_deref(),
         object: format!("run/{}", run.id),
+        on_request: run.provisioned_env.is_some(),
     };
     hand(state, &to, phase).await
 }
@@ -248,6 +249,9 @@ pub struct Recipient<'a> {
     pub environment: Option<&'a str>,
     pub branch: Option<&'a str>,
     pub object: String,
+    /// An environment made on request: the request was allowed by the caller's role, and the
+    /// environment's runs work for it, not for a branch. They get their environment's secrets.
+    pub on_request: bool,
 }
 
 /// The secrets a stack's terraform gets (see [`for_run`]).
@@ -259,7 +263,7 @@ pub async fn hand(state: &AppState, to: &Recipient<'_>, phase: &str) -> Result<H
         return Ok(Handed::default());
     }
     let policy = crate::policy::current(state).await?;
-    if !secret::may_receive(&policy.config, to.branch, Some(environment)) {
+    if !to.on_request && !secret::may_receive(&policy.config, to.branch, Some(environment)) {
         let why = match to.branch {
             Some(branch) => format!("branch `{branch}` does not release to `{environment}`"),
             None => format!("a plan of a bare commit gets no secrets; plan a branch that releases to `{environment}`"),

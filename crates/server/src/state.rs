@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub master_key_file: Option<PathBuf>,
     /// Where plinth's proxy listens for the services' hosts; no proxy when not set.
     pub proxy_listen: Option<std::net::SocketAddr>,
+    /// Where the proxy serves the same hosts over HTTPS, with certificates from the local CA
+    /// in `<data-dir>/ca`; no HTTPS when not set.
+    pub tls_listen: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -49,6 +52,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "<redacted>"))
             .field("shutdown_grace", &self.shutdown_grace)
             .field("master_key_file", &self.master_key_file)
+            .field("tls_listen", &self.tls_listen)
             .finish()
     }
 }
@@ -66,6 +70,7 @@ impl ServerConfig {
             terraform_grace: Duration::from_secs(30),
             master_key_file: None,
             proxy_listen: None,
+            tls_listen: None,
         }
     }
 }
@@ -85,6 +90,10 @@ pub struct Paths {
     pub plugin_cache: PathBuf,
     pub module_cache: PathBuf,
     pub master_key: PathBuf,
+    /// The local CA of the proxy's HTTPS: `ca.pem` and `ca.key` (mode 0600).
+    pub ca: PathBuf,
+    /// Environments on request: `<id>/root` is each one's kept Terraform root.
+    pub environments: PathBuf,
 }
 
 impl Paths {
@@ -100,12 +109,20 @@ impl Paths {
             plugin_cache: data.join("plugin-cache"),
             module_cache: data.join("cache").join("modules"),
             master_key: data.join("master.key"),
+            ca: data.join("ca"),
+            environments: data.join("environments"),
         }
     }
 
     /// A run's own directory: its checkout, Terraform's working files and plan.
     pub fn workspace(&self, run_id: i64) -> PathBuf {
         self.workspaces.join(run_id.to_string())
+    }
+
+    /// The generated Terraform root of an environment on request, kept for its later updates
+    /// and destroy (S4.7).
+    pub fn kept_root(&self, environment_id: i64) -> PathBuf {
+        self.environments.join(environment_id.to_string()).join("root")
     }
 }
 
@@ -150,6 +167,16 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// Runs whose Terraform is running, with the token that interrupts it.
     pub running: Mutex<HashMap<i64, CancellationToken>>,
+    /// The id of each run phase that ends, for whoever waits on a run (the provisioner).
+    pub run_ended: tokio::sync::broadcast::Sender<i64>,
+    /// Wakes the provisioner: a request was made, or a run it waits for ended.
+    pub wake_provisioner: Notify,
+    /// The environment requests this process is carrying out.
+    pub provisioner: crate::provisioner::Provisioner,
+    /// Review environments are brought in line by one task at a time.
+    pub review_lock: tokio::sync::Mutex<()>,
+    /// Branches (and heads) already told they get no review environment, so it is said once.
+    pub review_refused: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl AppState {
@@ -175,6 +202,11 @@ impl AppState {
             poll_lock: tokio::sync::Mutex::new(None),
             shutdown: CancellationToken::new(),
             running: Mutex::new(HashMap::new()),
+            run_ended: tokio::sync::broadcast::channel(256).0,
+            wake_provisioner: Notify::new(),
+            provisioner: crate::provisioner::Provisioner::default(),
+            review_lock: tokio::sync::Mutex::new(()),
+            review_refused: Mutex::new(std::collections::HashSet::new()),
         }))
     }
 

@@ -111,6 +111,8 @@ pub async fn poll_once(state: &AppState, trigger: &str) -> Result<Polled, ApiErr
     if !gone.is_empty() {
         state.store.set_refs(&gone, state.now()).await?;
     }
+    drop(last);
+    crate::review::sync(state).await;
     if !polled.events.is_empty() {
         state.wake_scheduler.notify_one();
         // New objects arrived: let git pack them if its thresholds say so, off the poll path.
@@ -250,6 +252,9 @@ async fn runs_for(
                 terraform: stack.terraform,
                 mode,
                 wave,
+                destroy: false,
+                provisioned_env: None,
+                approved_by: None,
             });
         }
         let note = if runs.is_empty() && notes.is_empty() {

@@ -34,7 +34,58 @@ struct Report<'a> {
     environments: Vec<EnvironmentJson<'a>>,
     stacks: Vec<CheckedStack<'a>>,
     services: Vec<ServiceJson>,
+    templates: Vec<TemplateJson>,
     warnings: Vec<plinth_core::error::DiagnosticJson>,
+}
+
+/// A template under `templates/`, as `plinth check --output json` shows it.
+#[derive(Serialize)]
+struct TemplateJson {
+    name: String,
+    environment: String,
+    account: String,
+    parameters: Vec<String>,
+    services: Vec<String>,
+}
+
+/// Reads and checks every template; the problems of each broken one, and of `[review]`.
+fn templates(
+    tree: &dyn plinth_core::tree::Tree,
+    config: &plinth_core::Config,
+) -> Result<(Vec<TemplateJson>, Vec<plinth_core::Diagnostics>), String> {
+    let mut ok = Vec::new();
+    let mut broken = Vec::new();
+    let names = plinth_core::template::template_names(tree).map_err(|e| e.to_string())?;
+    for name in &names {
+        match plinth_core::template::read_template(tree, config, name) {
+            Ok(found) => {
+                let t = found.template;
+                ok.push(TemplateJson {
+                    name: t.name,
+                    environment: t.environment,
+                    account: t.account,
+                    parameters: t.parameters.into_iter().map(|p| format!("{} ({})", p.name, p.kind.name())).collect(),
+                    services: t.services,
+                });
+            }
+            Err(d) => broken.push(d),
+        }
+    }
+    if let Some(review) = &config.review
+        && !names.contains(&review.template)
+    {
+        let mut d = plinth_core::Diagnostics::new(config.source.clone());
+        d.push(
+            plinth_core::Diagnostic::error(
+                "config.unknown_template",
+                format!("[review] names template `{}`, which is not in templates/", review.template),
+            )
+            .at(review.span.clone())
+            .help("add templates/NAME/ with a module and a template.toml, or name an existing template"),
+        );
+        broken.push(d);
+    }
+    Ok((ok, broken))
 }
 
 /// A service in one environment, as `plinth check --output json` shows it.
@@ -115,6 +166,18 @@ pub fn run(args: Args) -> Outcome {
             }
             Err(e) => return Err(Failure::coded(&e, format)),
         };
+        let (templates, broken) = templates(tree, &loaded.config)
+            .map_err(|e| Failure::new("check.templates", e, "Check that the repository can be read.", format))?;
+        if !broken.is_empty() {
+            if format == Format::Json {
+                let errors: Vec<_> = broken.iter().flat_map(|d| d.to_json()).collect();
+                print_json(&serde_json::json!({"valid": false, "source": described, "errors": errors}));
+                return Ok(ExitCode::from(1));
+            }
+            let text: Vec<String> = broken.iter().map(|d| d.to_string()).collect();
+            eprintln!("{}", text.join("\n"));
+            return Ok(ExitCode::from(1));
+        }
         let graph = module_graph(tree, format)?;
         let stacks: Vec<CheckedStack> = loaded
             .stacks
@@ -149,9 +212,27 @@ pub fn run(args: Args) -> Outcome {
                     .collect(),
                 stacks,
                 services: services(&loaded.config),
+                templates,
                 warnings: warnings.to_json(),
             }),
-            Format::Text => print_text(&loaded, &stacks, &described, &warnings),
+            Format::Text => {
+                print_text(&loaded, &stacks, &described, &warnings);
+                if !templates.is_empty() {
+                    outln!();
+                    let rows: Vec<Vec<String>> = templates
+                        .iter()
+                        .map(|t| {
+                            vec![
+                                t.name.clone(),
+                                t.environment.clone(),
+                                t.account.clone(),
+                                dash(&t.parameters.join(", ")),
+                            ]
+                        })
+                        .collect();
+                    out!("{}", table(&["TEMPLATE", "ENVIRONMENT", "ACCOUNT", "PARAMETERS"], &rows));
+                }
+            }
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -42,7 +42,9 @@ pub fn run(args: Args) -> Outcome {
     }
     let tree = FsTree::new(&args.dir);
     let graph = module_graph(&tree, format)?;
-    let roots = graph.roots();
+    // Templates are modules that environments on request call, not stacks of their own.
+    let templates = format!("{}/", plinth_core::template::TEMPLATES_DIR);
+    let roots: Vec<&str> = graph.roots().into_iter().filter(|r| !r.starts_with(&templates)).collect();
     let main_branch = Repo::discover(&args.dir).ok().and_then(|r| r.head_branch()).unwrap_or_else(|| "main".to_owned());
     let text = starter_config(&roots, &main_branch);
     // The file must pass `plinth check` as written; if it does not, that is our bug, and

@@ -1,9 +1,11 @@
 //! One module per subcommand.
 
+pub mod ca;
 pub mod changed;
 pub mod check;
 pub mod demo_app;
 pub mod deploy;
+pub mod env;
 pub mod exec;
 pub mod init;
 pub mod quickstart;

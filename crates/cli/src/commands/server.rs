@@ -42,6 +42,11 @@ pub struct Args {
     /// services run but nothing routes to them.
     #[arg(long)]
     proxy_listen: Option<SocketAddr>,
+    /// Where plinth's proxy serves the same hosts over HTTPS (such as 127.0.0.1:8443), with
+    /// certificates from a local CA it creates in `<data-dir>/ca`; `plinth ca export` prints
+    /// the CA certificate for clients to trust.
+    #[arg(long)]
+    tls_listen: Option<SocketAddr>,
 }
 
 fn fail(code: &'static str, message: String, help: &str) -> Failure {
@@ -77,6 +82,7 @@ pub fn run(args: Args) -> Outcome {
     config.shutdown_grace = args.shutdown_grace;
     config.master_key_file = args.master_key_file.clone();
     config.proxy_listen = args.proxy_listen;
+    config.tls_listen = args.tls_listen;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -94,6 +100,15 @@ pub fn run(args: Args) -> Outcome {
         outln!("plinth is serving http://{addr} for {}", args.repo);
         if let Some(proxy) = prepared.proxy_addr() {
             outln!("The proxy serves the services' hosts on http://{proxy}");
+        }
+        if let Some(tls) = prepared.tls_addr() {
+            outln!("The proxy serves the services' hosts on https://{tls}");
+        }
+        if let Some((_, ca)) = prepared.tls.as_ref().filter(|(_, ca)| ca.created()) {
+            outln!(
+                "Created the local CA for HTTPS: {}. Trust it where clients run: `plinth ca export` prints it and says how.",
+                ca.cert_path().display()
+            );
         }
         if let Some(key) = &prepared.master_key_created {
             outln!(

@@ -134,3 +134,41 @@ fn check_lists_services_per_environment() {
     let run = plinth(t.path(), &["check"]).failure();
     assert!(run.stderr.contains("config.invalid_placeholder") && run.stderr.contains("{image.web}"), "{}", run.stderr);
 }
+
+/// Templates are checked with plinth.toml: their own file, their module, and what plinth.toml
+/// declares, each error at `file:line:column`; `init` does not take them for stacks.
+#[test]
+fn templates_are_checked_and_are_not_stacks() {
+    let t = TestRepo::new();
+    t.write("terraform/stg/main.tf", "resource \"terraform_data\" \"x\" {}\n");
+    t.write(
+        "templates/web/main.tf",
+        "variable \"app_name\" {\n  type = string\n}\nvariable \"plinth_cidr\" {\n  type = string\n}\noutput \"name\" {\n  value = var.app_name\n}\n",
+    );
+    t.write(
+        "templates/web/template.toml",
+        "environment = \"sandbox\"\ncidr = { pool = \"sandbox\", prefix = 24 }\n[parameters.app_name]\ntype = \"string\"\n",
+    );
+    plinth(t.path(), &["init"]).success();
+    let text = std::fs::read_to_string(t.path().join("plinth.toml")).unwrap();
+    assert!(!text.contains("templates/web"), "a template is not a stack:\n{text}");
+    // The template names an environment and a pool plinth.toml lacks.
+    let run = plinth(t.path(), &["check"]).failure();
+    assert!(run.stderr.contains("error[template.unknown_environment]"), "{}", run.stderr);
+    assert!(run.stderr.contains("templates/web/template.toml:2:8"), "the pool is pointed at:\n{}", run.stderr);
+    let config = format!("{text}\n[environments.sandbox]\n[cidr_pools.sandbox]\nranges = [\"10.0.0.0/16\"]\n");
+    t.write("plinth.toml", &config);
+    let json = plinth(t.path(), &["check", "--output", "json"]).success().json();
+    assert_eq!(json["templates"][0]["name"], "web");
+    assert_eq!(json["templates"][0]["parameters"], serde_json::json!(["app_name (string)"]));
+    // A parameter the module lacks, and a [review] template that does not exist.
+    t.write("templates/web/template.toml", "environment = \"sandbox\"\ncidr = { pool = \"sandbox\", prefix = 24 }\n[parameters.app_name]\ntype = \"string\"\n[parameters.colour]\ntype = \"string\"\n");
+    t.write(
+        "plinth.toml",
+        &format!("{config}[review]\ntemplate = \"nope\"\nbranches = [\"f/*\"]\ndomain = \"r.localhost\"\n"),
+    );
+    let run = plinth(t.path(), &["check"]).failure();
+    assert!(run.stderr.contains("error[template.unknown_variable]: parameter `colour`"), "{}", run.stderr);
+    assert!(run.stderr.contains("templates/web/template.toml:5:1"), "{}", run.stderr);
+    assert!(run.stderr.contains("error[config.unknown_template]"), "{}", run.stderr);
+}

@@ -108,7 +108,7 @@ fn deployment(server: &Server, id: i64) -> Value {
 }
 
 /// Waits until deployment `id` ends; returns it.
-fn ended(server: &Server, id: i64) -> Value {
+pub(crate) fn ended(server: &Server, id: i64) -> Value {
     server.eventually(&format!("deployment #{id} to end"), || {
         let d = deployment(server, id);
         let status = d["deployment"]["status"].as_str().unwrap_or("").to_owned();
@@ -123,7 +123,11 @@ fn setup(strategy: &str) -> (Server, String) {
 /// A server whose repo has the plinth.toml `config` writes (given the marks directory), and a
 /// ci token scoped to `api`.
 fn setup_with(config: impl FnOnce(&std::path::Path) -> String) -> (Server, String) {
-    let mut server = Server::start(watched_repo());
+    setup_on(Server::start(watched_repo()), config)
+}
+
+/// [`setup_with`] on a server started some other way.
+pub(crate) fn setup_on(mut server: Server, config: impl FnOnce(&std::path::Path) -> String) -> (Server, String) {
     let text = config(&server.marks());
     server.repo.write("plinth.toml", &text);
     let commit = server.repo.commit("a service");
@@ -271,7 +275,7 @@ health = { path = "/healthz", interval = "100ms", timeout = "500ms", healthy = 2
 hosts = ["api.{env}.localhost"]
 "#;
 
-fn publish_to(server: &Server, ci: &str, env: &str, version: &str) -> i64 {
+pub(crate) fn publish_to(server: &Server, ci: &str, env: &str, version: &str) -> i64 {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("imagedefinitions.json");
     std::fs::write(&file, format!(r#"[{{"name": "app", "imageUri": "{version}"}}]"#)).unwrap();

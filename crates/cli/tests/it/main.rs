@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
+mod ca;
 mod changed;
 mod check;
 mod client_errors;

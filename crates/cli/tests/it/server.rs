@@ -118,6 +118,9 @@ pub struct Server {
     pub url: String,
     /// Where the server's proxy listens (`--proxy-listen`).
     pub proxy: String,
+    /// Where the proxy serves HTTPS (`--tls-listen`), for a server started with
+    /// [`Server::start_tls`].
+    pub tls: Option<String>,
     /// The admin token's secret, as the server wrote it to `<data-dir>/admin.token`.
     pub admin: String,
     pub repo: TestRepo,
@@ -130,12 +133,21 @@ impl Server {
     /// Starts `plinth server` on `repo` (which must have a commit: the server acts on the
     /// commits made after it starts) and waits until it answers `/healthz`.
     pub fn start(repo: TestRepo) -> Server {
+        Self::start_with(repo, false)
+    }
+
+    /// [`Server::start`] with the proxy serving HTTPS too (`--tls-listen`).
+    pub fn start_tls(repo: TestRepo) -> Server {
+        Self::start_with(repo, true)
+    }
+
+    fn start_with(repo: TestRepo, tls: bool) -> Server {
         let dir = tempfile::Builder::new().prefix("plinth-server-").tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("marks")).unwrap();
-        let (child, addr, proxy) = launch(repo.path(), dir.path());
+        let (child, addr, proxy, tls) = launch(repo.path(), dir.path(), tls);
         let admin = std::fs::read_to_string(dir.path().join("data").join("admin.token")).unwrap().trim().to_owned();
         assert!(admin.starts_with("plinth_"), "admin.token holds {admin:?}");
-        Server { url: format!("http://{addr}"), proxy, admin, repo, dir, child }
+        Server { url: format!("http://{addr}"), proxy, tls, admin, repo, dir, child }
     }
 
     /// Kills the server with SIGKILL, as the OOM killer or a lost machine would.
@@ -147,10 +159,11 @@ impl Server {
     /// Starts the server again on the same repo and data dir (on a new port), after a stop.
     pub fn restart(&mut self) {
         assert!(self.child.try_wait().unwrap().is_some(), "the server is still running");
-        let (child, addr, proxy) = launch(self.repo.path(), self.dir.path());
+        let (child, addr, proxy, tls) = launch(self.repo.path(), self.dir.path(), self.tls.is_some());
         self.child = child;
         self.url = format!("http://{addr}");
         self.proxy = proxy;
+        self.tls = tls;
     }
 
     /// Where the stacks of a test write marker files.
@@ -262,10 +275,10 @@ impl Drop for Server {
 }
 
 /// Starts `plinth server` with its data in `dir/data` and its output appended to
-/// `dir/server.log`, and waits until it answers `/healthz`. Returns the child, its address and
-/// its proxy's. `plinth` is on the server's PATH, so that services can run `plinth demo-app`
-/// from shell scripts too.
-fn launch(repo: &Path, dir: &Path) -> (Child, String, String) {
+/// `dir/server.log`, and waits until it answers `/healthz`. Returns the child, its address, its
+/// proxy's, and with `tls`, its proxy's HTTPS address. `plinth` is on the server's PATH, so
+/// that services can run `plinth demo-app` from shell scripts too.
+fn launch(repo: &Path, dir: &Path, tls: bool) -> (Child, String, String, Option<String>) {
     let data = dir.join("data");
     let log_path = dir.join("server.log");
     // The port is free when picked but may be taken before the server binds it: then the
@@ -273,6 +286,7 @@ fn launch(repo: &Path, dir: &Path) -> (Child, String, String) {
     for attempt in 1..=5 {
         let addr = format!("127.0.0.1:{}", free_port());
         let proxy = format!("127.0.0.1:{}", free_port());
+        let tls = tls.then(|| format!("127.0.0.1:{}", free_port()));
         let bin_dir = Path::new(env!("CARGO_BIN_EXE_plinth")).parent().unwrap().to_path_buf();
         let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
@@ -283,6 +297,7 @@ fn launch(repo: &Path, dir: &Path) -> (Child, String, String) {
             .arg("--data-dir")
             .arg(&data)
             .args(["--listen", &addr, "--proxy-listen", &proxy, "--poll-interval", "100ms", "--shutdown-grace", "5s"])
+            .args(tls.iter().flat_map(|tls| ["--tls-listen", tls.as_str()]))
             .env("PATH", &path)
             .env("PLINTH_LOG", "info")
             .env_remove("PLINTH_LOG_FORMAT")
@@ -308,7 +323,7 @@ fn launch(repo: &Path, dir: &Path) -> (Child, String, String) {
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let Some(status) = exited else { return (child, addr, proxy) };
+        let Some(status) = exited else { return (child, addr, proxy, tls) };
         let log = read(&log_path);
         if log.get(before..).is_some_and(|new| new.contains("server.listen")) && attempt < 5 {
             continue;

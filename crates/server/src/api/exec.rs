@@ -143,8 +143,16 @@ pub async fn exec(
                 "Push a valid plinth.toml with the service to the main branch first.",
             )
         })?;
-        if !may_exec(&caller.roles, &environment, &policy.config) {
-            return Err(forbidden(&caller, &environment, &policy.config));
+        // An environment made from a template is governed by the template's environment.
+        let governing = match policy.config.environments.contains_key(&environment) {
+            true => environment.clone(),
+            false => match state.store.environment(&environment).await? {
+                Some(env) if env.status.is_live() => env.policy_environment,
+                _ => environment.clone(),
+            },
+        };
+        if !may_exec(&caller.roles, &governing, &policy.config) {
+            return Err(forbidden(&caller, &governing, &policy.config));
         }
         let Some(def) = policy.config.service(&service) else {
             let known: Vec<String> = policy.config.services.iter().map(|s| format!("`{}`", s.name)).collect();
@@ -157,13 +165,15 @@ pub async fn exec(
                 "Check the name; services are declared under [services.NAME].",
             ));
         };
-        if !policy.config.environments.contains_key(&environment) {
-            return Err(ApiError::not_found(
-                "exec.unknown_environment",
-                format!("there is no environment `{environment}` in plinth.toml on the main branch"),
-                "Check the name; environments are declared under [environments.NAME].",
-            ));
-        }
+        let service_settings = crate::environments::service_in(&state, &policy.config, def, &environment)
+            .await
+            .map_err(|e| {
+                ApiError::not_found(
+                    "exec.unknown_environment",
+                    e,
+                    "Name an environment of plinth.toml, or one made on request (`plinth env list`).",
+                )
+            })?;
         let query = parse_query(request.uri())?;
         note = note.clone().details(serde_json::json!({"command": query.args, "tty": query.tty}));
         let upgrade = match request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() {
@@ -184,7 +194,6 @@ pub async fn exec(
             .await?
             .ok_or_else(|| ApiError::internal(format!("release #{} is gone", current.release_id)))?;
         let tty = query.tty.then(|| TermSize { cols: query.cols.unwrap_or(80), rows: query.rows.unwrap_or(24) });
-        let service_settings = def.for_environment(&environment);
         let exec =
             crate::exec::prepare(&state, &service_settings, &release, &query.args, tty, query.term, &caller.name)
                 .await

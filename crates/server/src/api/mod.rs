@@ -3,7 +3,9 @@
 //! request that changes something.
 
 mod audit;
+mod ca;
 mod deployments;
+pub(crate) mod environments;
 mod exec;
 mod hooks;
 mod releases;
@@ -42,6 +44,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/tokens"),
     ("DELETE", "/api/v1/tokens/{name}"),
     ("GET", "/api/v1/audit"),
+    ("GET", "/api/v1/ca"),
     ("GET", "/api/v1/secrets"),
     ("POST", "/api/v1/secrets/rotate-master-key"),
     ("PUT", "/api/v1/environments/{environment}/secrets/{name}"),
@@ -58,6 +61,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/deployments/{id}/approve"),
     ("POST", "/api/v1/deployments/{id}/reject"),
     ("POST", "/api/v1/deployments/{id}/cancel"),
+    ("GET", "/api/v1/templates"),
+    ("GET", "/api/v1/templates/{name}"),
+    ("GET", "/api/v1/environments"),
+    ("POST", "/api/v1/environments"),
+    ("GET", "/api/v1/environments/{name}"),
+    ("DELETE", "/api/v1/environments/{name}"),
+    ("POST", "/api/v1/environments/{name}/update"),
+    ("GET", "/api/v1/environment-requests"),
+    ("GET", "/api/v1/catalog"),
+    ("GET", "/api/v1/catalog/export"),
     ("POST", "/hooks/github"),
 ];
 
@@ -81,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{name}", delete(tokens::revoke))
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/ca", get(ca::certificate))
         .route("/api/v1/secrets", get(secrets::list))
         .route("/api/v1/secrets/rotate-master-key", post(secrets::rotate))
         .route("/api/v1/environments/{environment}/secrets/{name}", put(secrets::set).delete(secrets::remove))
@@ -98,6 +112,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/deployments/{id}/approve", post(deployments::approve))
         .route("/api/v1/deployments/{id}/reject", post(deployments::reject))
         .route("/api/v1/deployments/{id}/cancel", post(deployments::cancel))
+        .route("/api/v1/templates", get(environments::templates))
+        .route("/api/v1/templates/{name}", get(environments::template))
+        .route("/api/v1/environments", get(environments::list).post(environments::create))
+        .route("/api/v1/environments/{name}", get(environments::show).delete(environments::destroy))
+        .route("/api/v1/environments/{name}/update", post(environments::update))
+        .route("/api/v1/environment-requests", get(environments::requests))
+        .route("/api/v1/catalog", get(environments::catalog))
+        .route("/api/v1/catalog/export", get(environments::export))
         .route("/hooks/github", post(hooks::github))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -6,7 +6,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use plinth_core::auth::Action;
-use plinth_core::release::{Target, check_image_definitions, environments};
+use plinth_core::release::{OnRequest, Target, check_image_definitions, destinations};
 use plinth_store::NewRelease;
 use serde::Deserialize;
 
@@ -118,7 +118,8 @@ async fn publish(
             "Declare it under [services.NAME] and merge that first.",
         ));
     };
-    let envs = environments(&policy.config, &target).map_err(|e| {
+    let on_request = on_request(state, &policy.config, &target).await?;
+    let envs = destinations(&policy.config, &target, service, &on_request).map_err(|e| {
         let code = if matches!(target, Target::Environment(_)) {
             "release.unknown_environment"
         } else {
@@ -135,9 +136,9 @@ async fn publish(
     })?;
     let releases: Vec<NewRelease> = envs
         .iter()
-        .map(|environment| NewRelease {
+        .map(|d| NewRelease {
             service: service.to_owned(),
-            environment: environment.clone(),
+            environment: d.environment.clone(),
             images: images.clone(),
             commit: commit.clone(),
             source: source.clone(),
@@ -147,7 +148,11 @@ async fn publish(
     let created = state.store.create_releases(&releases, state.now()).await?;
     let mut deployments = Vec::new();
     for release in &created {
-        let needs_approval = policy.config.environments.get(&release.environment).is_some_and(|e| e.approval);
+        let governing = envs
+            .iter()
+            .find(|d| d.environment == release.environment)
+            .map_or(release.environment.as_str(), |d| d.policy_environment.as_str());
+        let needs_approval = policy.config.environments.get(governing).is_some_and(|e| e.approval);
         let new = plinth_store::NewDeployment {
             release_id: release.id,
             service: release.service.clone(),
@@ -184,9 +189,59 @@ async fn publish(
         "commit": commit,
         "source": source,
     }));
-    tracing::info!(service, environments = ?envs, by = %caller.name, "Recorded a release.");
+    let names: Vec<&str> = envs.iter().map(|d| d.environment.as_str()).collect();
+    tracing::info!(service, environments = ?names, by = %caller.name, "Recorded a release.");
     Ok((StatusCode::CREATED, axum::Json(serde_json::json!({"releases": created, "deployments": deployments})))
         .into_response())
+}
+
+/// The environments made on request that a release to `target` may reach. A branch that should
+/// have a review environment but has none yet (CI published before plinth saw the push) gets
+/// one first: plinth fetches, which makes it.
+async fn on_request(
+    state: &AppState,
+    config: &plinth_core::Config,
+    target: &Target<'_>,
+) -> Result<Vec<OnRequest>, ApiError> {
+    let as_target = |e: plinth_store::EnvRecord| OnRequest {
+        name: e.name,
+        policy_environment: e.policy_environment,
+        services: e.services,
+        review_branch: e.review.map(|r| r.branch),
+    };
+    match target {
+        Target::Environment(env) => {
+            Ok(state.store.environment(env).await?.filter(|e| e.status.is_live()).map(as_target).into_iter().collect())
+        }
+        Target::Branch(branch) => {
+            let review_envs = |state: &AppState| {
+                let filter = plinth_store::EnvFilter { review: true, live: true, ..Default::default() };
+                let branch = branch.to_string();
+                let store = state.store.clone();
+                async move {
+                    Ok::<_, ApiError>(
+                        store
+                            .environments(&filter)
+                            .await?
+                            .into_iter()
+                            .filter(|e| e.review.as_ref().is_some_and(|r| r.branch == branch))
+                            .map(as_target)
+                            .collect::<Vec<_>>(),
+                    )
+                }
+            };
+            let found = review_envs(state).await?;
+            let wanted = config.review.as_ref().is_some_and(|r| r.applies_to(branch));
+            if !found.is_empty() || !wanted {
+                return Ok(found);
+            }
+            if let Err(e) = crate::watcher::poll_once(state, "release").await {
+                tracing::warn!(error = %e.message, "Could not fetch before a branch release; using what is known.");
+            }
+            review_envs(state).await
+        }
+        Target::Tag(_) => Ok(Vec::new()),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

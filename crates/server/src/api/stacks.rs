@@ -174,6 +174,7 @@ async fn force_unlock_state(
         environment: found.environment.as_deref(),
         branch: main.as_deref(),
         object: format!("stack/{stack}/force-unlock"),
+        on_request: false,
     };
     let handed = crate::secrets::hand(state, &to, "force-unlock").await.map_err(ApiError::internal)?;
     let mut extra = vec![("TF_VAR_plinth_state_dir".to_owned(), state.paths.state.display().to_string())];

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // Tests fail loudly on purpose.
 
+mod environments;
 mod harness;
 mod releases;
 mod runs;

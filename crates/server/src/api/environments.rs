@@ -1,0 +1,486 @@
+//! Environments on request over the API: templates with their parameters as JSON Schema,
+//! create / update / destroy requests (checked, queued per account, recorded in the request
+//! log), and the catalog.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use plinth_core::auth::Action;
+use plinth_core::config::Config;
+use plinth_core::environment::{EnvStatus, RequestKind, RequestStatus, check_name};
+use plinth_core::template::Template;
+use plinth_store::{CidrAsk, EnvFilter, EnvRecord, EnvRequest, NewEnv};
+use serde::Deserialize;
+
+use super::{AuditNote, JsonBody, PathParam, QueryParams, noted};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// `GET /api/v1/templates`
+pub async fn templates(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(&Action::Read, None)?;
+    let (loaded, broken) = crate::environments::all(&state).await?;
+    let templates: Vec<serde_json::Value> = loaded.iter().map(|t| t.to_json()).collect();
+    Ok(axum::Json(serde_json::json!({"templates": templates, "broken": broken})).into_response())
+}
+
+/// `GET /api/v1/templates/{name}`
+pub async fn template(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(name): PathParam,
+) -> Result<Response, ApiError> {
+    caller.require(&Action::Read, None)?;
+    let t = crate::environments::one(&state, &name).await?;
+    Ok(axum::Json(t.to_json()).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    template: String,
+    product: String,
+    name: String,
+    #[serde(default)]
+    params: BTreeMap<String, serde_json::Value>,
+}
+
+/// The block a template asks for, from its pool in plinth.toml.
+pub fn cidr_ask(config: &Config, template: &Template) -> Option<CidrAsk> {
+    let ask = template.cidr.as_ref()?;
+    let pool = config.cidr_pools.get(&ask.pool)?;
+    Some(CidrAsk { pool: pool.name.clone(), ranges: pool.ranges.clone(), prefix: ask.prefix })
+}
+
+fn bad_params(template: &str, errors: &[plinth_core::template::ParamError]) -> ApiError {
+    let list: Vec<String> = errors.iter().map(|e| format!("{e} [{}]", e.rule)).collect();
+    ApiError::bad_request(
+        "environment.bad_parameter",
+        list.join("; "),
+        format!(
+            "Fix the values as each message says; `plinth templates show {template}` lists the parameters and their rules."
+        ),
+    )
+}
+
+/// `POST /api/v1/environments`: checks the request and queues it for its account.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> Result<Response, ApiError> {
+    let mut note =
+        AuditNote::new("environment.create", format!("environment/{}", body.name)).details(serde_json::json!({
+            "template": body.template, "product": body.product, "params": body.params,
+        }));
+    let result = async {
+        caller.require(&Action::Provision, None)?;
+        check_name(&body.name).map_err(|e| {
+            ApiError::bad_request(
+                "environment.bad_name",
+                e,
+                "Pick a name such as `shop-dev1`; it becomes part of host names.",
+            )
+        })?;
+        let policy = crate::policy::current(&state).await.map_err(|e| {
+            ApiError::conflict(
+                "environment.no_policy",
+                format!("cannot read plinth.toml on the main branch: {e}"),
+                "Push a valid plinth.toml to the main branch first.",
+            )
+        })?;
+        if policy.config.environments.contains_key(&body.name) {
+            return Err(ApiError::conflict(
+                "environment.exists",
+                format!("`{}` is an environment of plinth.toml", body.name),
+                "Pick another name; environments made on request share names with plinth.toml's.",
+            ));
+        }
+        let Some(product) = policy.config.products.get(&body.product) else {
+            let known: Vec<&str> = policy.config.products.keys().map(String::as_str).collect();
+            return Err(ApiError::bad_request(
+                "environment.unknown_product",
+                format!(
+                    "there is no product `{}` in plinth.toml{}",
+                    body.product,
+                    if known.is_empty() { String::new() } else { format!(" (products: {})", known.join(", ")) }
+                ),
+                "Declare products as [products.NAME] with an `owner` on the main branch.",
+            ));
+        };
+        let loaded = crate::environments::one(&state, &body.template).await?;
+        let t = &loaded.template;
+        let values = t.check_values(&body.params).map_err(|errors| bad_params(&t.name, &errors))?;
+        let params: serde_json::Map<String, serde_json::Value> =
+            values.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+        let new = NewEnv {
+            name: body.name.clone(),
+            product: product.name.clone(),
+            template: t.name.clone(),
+            template_commit: loaded.commit.clone(),
+            policy_environment: t.environment.clone(),
+            account: t.account.clone(),
+            params: serde_json::Value::Object(params),
+            owner: product.owner.clone(),
+            requested_by: caller.name.clone(),
+            fqdn: t.domain.as_ref().map(|d| format!("{}.{d}", body.name)),
+            services: t.services.clone(),
+            workspace: None,
+            terraform: t.terraform.clone(),
+            review: None,
+            cidr: cidr_ask(&policy.config, t),
+        };
+        let (env, request) = state.store.create_environment(new, state.now()).await?;
+        state.wake_provisioner.notify_one();
+        note = note.clone().details(serde_json::json!({
+            "template": t.name, "product": product.name, "params": env.params, "request": request.id,
+            "account": env.account, "cidr": env.cidr,
+        }));
+        Ok((StatusCode::ACCEPTED, axum::Json(queued(&state, env, request).await?)).into_response())
+    }
+    .await;
+    Ok(noted(note, result.unwrap_or_else(IntoResponse::into_response)))
+}
+
+/// A request's answer: the environment, the request, and where it is in its account's queue.
+async fn queued(state: &AppState, env: EnvRecord, request: EnvRequest) -> Result<serde_json::Value, ApiError> {
+    let pending = state.store.unfinished_environment_requests().await?;
+    let ahead: Vec<i64> = pending
+        .iter()
+        .filter(|r| r.account == request.account && r.id < request.id && !r.status.is_final())
+        .map(|r| r.id)
+        .collect();
+    let message = if ahead.is_empty() {
+        format!("{} request #{} for `{}` starts now", request.kind.as_str(), request.id, env.name)
+    } else {
+        format!(
+            "{} request #{} for `{}` is queued behind {} request(s) for account `{}` (#{}); they run one at a time",
+            request.kind.as_str(),
+            request.id,
+            env.name,
+            ahead.len(),
+            request.account,
+            ahead.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", #")
+        )
+    };
+    Ok(serde_json::json!({"environment": env, "request": request, "ahead": ahead, "message": message}))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    product: Option<String>,
+    template: Option<String>,
+    status: Option<String>,
+    /// Only review environments.
+    review: Option<bool>,
+    /// Include destroyed environments and failed creates.
+    all: Option<bool>,
+    /// A part of the name.
+    q: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+fn filter_of(query: &ListQuery) -> Result<EnvFilter, ApiError> {
+    let status = match &query.status {
+        Some(s) => Some(s.parse::<EnvStatus>().map_err(|e| {
+            ApiError::bad_request("api.bad_query", e, "Filter by one of the statuses the message lists.")
+        })?),
+        None => None,
+    };
+    Ok(EnvFilter {
+        product: query.product.clone(),
+        template: query.template.clone(),
+        status,
+        live: !query.all.unwrap_or(false) && status.is_none(),
+        review: query.review.unwrap_or(false),
+        query: query.q.clone(),
+        after: query.after.clone(),
+        limit: Some(query.limit.unwrap_or(1000).clamp(1, 100_000)),
+    })
+}
+
+/// `GET /api/v1/environments`
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Response, ApiError> {
+    caller.require(&Action::Read, None)?;
+    let envs = state.store.environments(&filter_of(&query)?).await?;
+    Ok(axum::Json(serde_json::json!({"environments": envs})).into_response())
+}
+
+async fn find(state: &AppState, name: &str) -> Result<EnvRecord, ApiError> {
+    state.store.environment(name).await?.ok_or_else(|| {
+        ApiError::not_found(
+            "environment.not_found",
+            format!("there is no environment `{name}` made on request"),
+            "List them with `plinth env list`; environments of plinth.toml are not made on request.",
+        )
+    })
+}
+
+/// `GET /api/v1/environments/{name}`: the environment, its request log, the services running in
+/// it and their releases.
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(name): PathParam,
+) -> Result<Response, ApiError> {
+    caller.require(&Action::Read, None)?;
+    let env = find(&state, &name).await?;
+    let requests = state.store.environment_requests(Some(env.id), 200).await?;
+    let pending = state.store.unfinished_environment_requests().await?;
+    let positions = crate::provisioner::queue_positions(&pending);
+    let mut log = Vec::new();
+    for r in &requests {
+        let mut entry = serde_json::to_value(r).map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Some(ahead) = positions.get(&r.id) {
+            entry["ahead"] = serde_json::json!(ahead);
+        }
+        log.push(entry);
+    }
+    let services = services_of(&state, &env).await?;
+    Ok(axum::Json(serde_json::json!({"environment": env, "requests": log, "services": services})).into_response())
+}
+
+/// The services of an environment with their current release and hosts.
+async fn services_of(state: &AppState, env: &EnvRecord) -> Result<Vec<serde_json::Value>, ApiError> {
+    let mut out = Vec::new();
+    for service in &env.services {
+        let history = state.store.deployments(service, &env.name, 50).await?;
+        let current = history.iter().find(|d| d.status == plinth_core::deploy::DeploymentStatus::Succeeded);
+        let release = match current {
+            Some(d) => state.store.release(d.release_id).await?,
+            None => None,
+        };
+        out.push(serde_json::json!({
+            "service": service,
+            "hosts": env.hosts_for(service),
+            "release": release,
+            "instances": state.deployer.instances(service, &env.name).len(),
+        }));
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    /// Values to change; the others keep theirs.
+    #[serde(default)]
+    params: BTreeMap<String, serde_json::Value>,
+}
+
+/// `POST /api/v1/environments/{name}/update`: new values, re-rendered, planned, then applied.
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(name): PathParam,
+    JsonBody(body): JsonBody<UpdateBody>,
+) -> Result<Response, ApiError> {
+    let mut note = AuditNote::new("environment.update", format!("environment/{name}"))
+        .details(serde_json::json!({"params": body.params}));
+    let result = async {
+        caller.require(&Action::Provision, None)?;
+        let env = find(&state, &name).await?;
+        if !matches!(
+            env.status,
+            EnvStatus::Ready
+                | EnvStatus::CleanupFailed
+                | EnvStatus::Queued
+                | EnvStatus::Provisioning
+                | EnvStatus::Updating
+        ) {
+            return Err(ApiError::conflict(
+                "environment.not_updatable",
+                format!("environment `{name}` is {}", env.status),
+                "Only an environment that exists can be updated; create a new one instead.",
+            ));
+        }
+        let loaded = crate::environments::one(&state, &env.template).await?;
+        let mut merged: BTreeMap<String, serde_json::Value> =
+            env.params.as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        // Values the template no longer takes are dropped; new ones come from what is given.
+        merged.retain(|k, _| loaded.template.parameter(k).is_some());
+        merged.extend(body.params.clone());
+        let values = loaded.template.check_values(&merged).map_err(|errors| bad_params(&env.template, &errors))?;
+        let params: serde_json::Map<String, serde_json::Value> =
+            values.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+        let request = state
+            .store
+            .request_environment_change(
+                env.id,
+                RequestKind::Update,
+                &caller.name,
+                serde_json::Value::Object(params),
+                state.now(),
+            )
+            .await?;
+        state.wake_provisioner.notify_one();
+        note = note.clone().details(serde_json::json!({"params": request.params, "request": request.id}));
+        Ok((StatusCode::ACCEPTED, axum::Json(queued(&state, env, request).await?)).into_response())
+    }
+    .await;
+    Ok(noted(note, result.unwrap_or_else(IntoResponse::into_response)))
+}
+
+/// `DELETE /api/v1/environments/{name}`: destroys it with its kept root, and frees its block.
+pub async fn destroy(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(name): PathParam,
+) -> Result<Response, ApiError> {
+    let mut note = AuditNote::new("environment.destroy", format!("environment/{name}"));
+    let result = async {
+        caller.require(&Action::Provision, None)?;
+        let env = find(&state, &name).await?;
+        if !env.status.is_live() {
+            return Err(ApiError::conflict(
+                "environment.gone",
+                format!("environment `{name}` is {} already", env.status),
+                "Nothing is left to destroy; `plinth env show NAME` shows its history.",
+            ));
+        }
+        let pending = state.store.unfinished_environment_requests().await?;
+        if let Some(r) = pending.iter().find(|r| r.environment_id == env.id && r.kind == RequestKind::Destroy) {
+            return Err(ApiError::conflict(
+                "environment.destroy_requested",
+                format!("a destroy of `{name}` is already requested (request #{})", r.id),
+                "Follow it with `plinth env show NAME`.",
+            ));
+        }
+        if env.status == EnvStatus::Queued {
+            // Its create has not started: nothing was made. Cancel it and free the name.
+            for r in pending.iter().filter(|r| r.environment_id == env.id && r.status == RequestStatus::Queued) {
+                state
+                    .store
+                    .move_environment_request(r.id, RequestStatus::Cancelled, Some(format!("cancelled by {}", caller.name)), state.now())
+                    .await?;
+            }
+            let patch = plinth_store::EnvPatch { reason: Some(format!("cancelled by {} before it started", caller.name)), ..Default::default() };
+            let env = state.store.move_environment(env.id, EnvStatus::Destroyed, patch, state.now()).await?;
+            note = note.clone().details(serde_json::json!({"cancelled_before_start": true}));
+            return Ok(axum::Json(serde_json::json!({"environment": env, "message": format!("`{name}` had not started; its create was cancelled")})).into_response());
+        }
+        let request = state
+            .store
+            .request_environment_change(env.id, RequestKind::Destroy, &caller.name, serde_json::json!({}), state.now())
+            .await?;
+        state.wake_provisioner.notify_one();
+        note = note.clone().details(serde_json::json!({"request": request.id}));
+        Ok((StatusCode::ACCEPTED, axum::Json(queued(&state, env, request).await?)).into_response())
+    }
+    .await;
+    Ok(noted(note, result.unwrap_or_else(IntoResponse::into_response)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestsQuery {
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/environment-requests`: the request log (S4.3), newest first.
+pub async fn requests(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<RequestsQuery>,
+) -> Result<Response, ApiError> {
+    caller.require(&Action::Read, None)?;
+    let requests = state.store.environment_requests(None, query.limit.unwrap_or(200).clamp(1, 10_000)).await?;
+    Ok(axum::Json(serde_json::json!({"requests": requests})).into_response())
+}
+
+/// `GET /api/v1/catalog`: products, environments (with their services' releases), and the
+/// stacks with their last apply: plinth's CMDB (S4.6). Filters like `/environments`.
+pub async fn catalog(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Response, ApiError> {
+    caller.require(&Action::Read, None)?;
+    let filter = filter_of(&query)?;
+    Ok(axum::Json(catalog_json(&state, &filter, query.product.as_deref()).await?).into_response())
+}
+
+/// `GET /api/v1/catalog/export`: everything, destroyed environments included, for a backup or
+/// another CMDB.
+pub async fn export(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(&Action::Read, None)?;
+    let filter = EnvFilter::default();
+    let mut body = catalog_json(&state, &filter, None).await?;
+    body["requests"] = serde_json::json!(state.store.environment_requests(None, u32::MAX).await?);
+    body["exported_at"] = serde_json::json!(state.now());
+    Ok(axum::Json(body).into_response())
+}
+
+async fn catalog_json(
+    state: &AppState,
+    filter: &EnvFilter,
+    product: Option<&str>,
+) -> Result<serde_json::Value, ApiError> {
+    let policy = crate::policy::current(state).await.ok();
+    let products: Vec<serde_json::Value> = policy
+        .as_ref()
+        .map(|p| {
+            p.config
+                .products
+                .values()
+                .filter(|p| product.is_none_or(|want| want == p.name))
+                .map(|p| serde_json::json!(p))
+                .collect()
+        })
+        .unwrap_or_default();
+    let envs = state.store.environments(filter).await?;
+    // Current releases, one read for all services and environments.
+    let mut current: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for d in state.store.current_deployments().await? {
+        current.insert((d.service.clone(), d.environment.clone()), d.release_id);
+    }
+    let environments: Vec<serde_json::Value> = envs
+        .iter()
+        .map(|e| {
+            let mut v = serde_json::to_value(e).unwrap_or_default();
+            v["services"] = serde_json::json!(
+                e.services
+                    .iter()
+                    .map(|s| serde_json::json!({
+                        "service": s,
+                        "hosts": e.hosts_for(s),
+                        "release": current.get(&(s.clone(), e.name.clone())),
+                    }))
+                    .collect::<Vec<_>>()
+            );
+            v
+        })
+        .collect();
+    let services: Vec<serde_json::Value> = current
+        .iter()
+        .filter(|((_, env), _)| product.is_none() || envs.iter().any(|e| &e.name == env))
+        .map(|((service, environment), release)| serde_json::json!({"service": service, "environment": environment, "release": release}))
+        .collect();
+    let stacks: Vec<serde_json::Value> = if product.is_some() {
+        Vec::new()
+    } else {
+        state
+            .store
+            .last_applies()
+            .await?
+            .into_iter()
+            .map(|r| {
+                serde_json::json!({
+                    "stack": r.stack, "environment": r.environment, "last_apply": {
+                        "run": r.id, "commit": r.commit, "finished_at": r.finished_at, "destroy": r.destroy,
+                    }
+                })
+            })
+            .collect()
+    };
+    Ok(serde_json::json!({"products": products, "environments": environments, "services": services, "stacks": stacks}))
+}
