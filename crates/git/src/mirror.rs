@@ -97,8 +97,13 @@ impl Mirror {
     /// parents (a merge is one commit, as the branch saw it), and stopping at any commit
     /// reachable from `known`.
     pub async fn new_commits(&self, tip: &str, known: &[String]) -> Result<Vec<String>, MirrorError> {
+        // A new branch made at a commit another branch has (`git checkout -b`, before its first
+        // commit) brings nothing new.
+        if known.iter().any(|k| k == tip) {
+            return Ok(Vec::new());
+        }
         let mut args: Vec<String> = vec!["rev-list".into(), "--first-parent".into(), "--reverse".into(), tip.into()];
-        args.extend(known.iter().filter(|k| *k != tip).map(|k| format!("^{k}")));
+        args.extend(known.iter().map(|k| format!("^{k}")));
         // Known heads may be gone after a force-push; ignore those rather than fail.
         let known_present = self.existing(known).await?;
         args.retain(|a| !a.starts_with('^') || known_present.iter().any(|k| a[1..] == *k));

@@ -3,8 +3,10 @@
 //! what happens to a few commits: stg plans and applies, a commit with nothing to change counts
 //! as a success, prd waits for approval and applies once approved. Then a demo service: v1 is
 //! published as CI would and served through plinth's proxy, rolled to v2 while traffic flows
-//! (counting failed requests: none), and a broken v3 rolls back by itself. Then it keeps
-//! serving.
+//! (counting failed requests: none), and a broken v3 rolls back by itself. Then environments on
+//! request: templates are committed, an environment is made from one, a pushed branch gets a
+//! review environment serving the branch's release at `feature-demo.review.localhost`, and
+//! deleting the branch tears it down. Then it keeps serving.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -57,6 +59,117 @@ count = 3
 health = { path = "/healthz", interval = "200ms", timeout = "500ms", healthy = 2, unhealthy = 2 }
 strategy = { kind = "rolling", max_surge = "1", max_unavailable = "0" }
 hosts = ["api.{env}.localhost"]
+"#;
+
+/// What step 7 adds to plinth.toml: a sandbox environment for environments on request, whom
+/// they belong to, where their networks come from, and review environments per branch.
+const ENVIRONMENTS_CONFIG: &str = r#"
+# Environments on request (docs/environments.md): made from templates/NAME/, in the sandbox.
+[environments.sandbox]
+
+[services.api.environments.sandbox]
+count = 1                    # one instance is enough in sandboxes and review environments
+
+[products.shop]
+owner = "team-shop"
+description = "The demo shop"
+
+[cidr_pools.sandbox]
+ranges = ["10.20.0.0/16"]    # each sandbox gets its own /24 from here
+
+[review]
+template = "review-app"      # every feature/* branch gets an environment from this template
+branches = ["feature/*"]
+domain = "review.localhost"  # served at BRANCH-SLUG.review.localhost
+ttl = "72h"
+product = "shop"
+"#;
+
+const SANDBOX_TEMPLATE: &str = r#"description = "A sandbox for one application, with its own network"
+environment = "sandbox"
+account = "sandbox-a"
+cidr = { pool = "sandbox", prefix = 24 }
+
+[parameters.app_name]
+type = "string"
+pattern = "[a-z][a-z0-9-]*"
+max = 30
+description = "The application's name"
+
+[parameters.replicas]
+type = "int"
+min = 1
+max = 5
+default = 2
+
+[parameters.auth]
+type = "bool"
+default = true
+description = "Put the environment behind the login (S1.4)"
+"#;
+
+const SANDBOX_MODULE: &str = r#"variable "app_name" {
+  type = string
+}
+
+variable "replicas" {
+  type = number
+}
+
+variable "auth" {
+  type = bool
+}
+
+variable "plinth_environment" {
+  type = string
+}
+
+variable "plinth_cidr" {
+  type = string
+}
+
+resource "terraform_data" "network" {
+  input = var.plinth_cidr
+}
+
+resource "terraform_data" "app" {
+  input = {
+    name     = "${var.plinth_environment}-${var.app_name}"
+    replicas = var.replicas
+    auth     = var.auth
+  }
+}
+
+output "network" {
+  value = terraform_data.network.output
+}
+
+output "app" {
+  value = terraform_data.app.output.name
+}
+"#;
+
+const REVIEW_TEMPLATE: &str = r#"description = "A review environment for one branch, running the api service"
+environment = "sandbox"
+account = "review"
+services = ["api"]
+"#;
+
+const REVIEW_MODULE: &str = r#"variable "plinth_workspace" {
+  type = string
+}
+
+variable "plinth_fqdn" {
+  type = string
+}
+
+resource "terraform_data" "review" {
+  input = "review ${var.plinth_workspace}"
+}
+
+output "url" {
+  value = "http://${var.plinth_fqdn}"
+}
 "#;
 
 const APP_MODULE: &str = r#"variable "env" {
@@ -261,6 +374,52 @@ async fn walkthrough(args: Args, repo: PathBuf, data: PathBuf) -> Outcome {
     );
     outln!("  {total} requests meanwhile, {failed} failed; it still answers {}", get_version(&proxy).await?);
 
+    outln!("\n== 7. Templates, and an environment made from one on request");
+    let mut config = CONFIG.to_owned();
+    config.push_str(ENVIRONMENTS_CONFIG);
+    write(&repo, "plinth.toml", &config)?;
+    write(&repo, "templates/sandbox/template.toml", SANDBOX_TEMPLATE)?;
+    write(&repo, "templates/sandbox/main.tf", SANDBOX_MODULE)?;
+    write(&repo, "templates/review-app/template.toml", REVIEW_TEMPLATE)?;
+    write(&repo, "templates/review-app/main.tf", REVIEW_MODULE)?;
+    let templates = commit(&repo, "Add the sandbox and review templates")?;
+    api.seen(&templates).await?;
+    outln!("$ plinth env create --template sandbox --product shop --name shop-dev1 --param app_name=shop --wait");
+    let env = api.create_environment("sandbox", "shop-dev1", serde_json::json!({"app_name": "shop"})).await?;
+    outln!(
+        "  shop-dev1 is {}: network {}, outputs {}",
+        env["status"].as_str().unwrap_or(""),
+        env["cidr"].as_str().unwrap_or("-"),
+        env["outputs"]
+    );
+
+    outln!("\n== 8. Push a branch: feature/demo gets a review environment at feature-demo.review.localhost");
+    git(&repo, &["checkout", "-q", "-b", "feature/demo"])?;
+    write(&repo, "README.md", "# example infrastructure\n\nA demo change on a branch.\n")?;
+    commit(&repo, "A change on feature/demo")?;
+    git(&repo, &["checkout", "-q", "main"])?;
+    outln!(
+        "$ plinth release publish --service api --branch feature/demo --image-definitions imagedefinitions.json   # [{{\"name\": \"app\", \"imageUri\": \"feature-demo\"}}]"
+    );
+    let review = api.review_release(&ci, "feature/demo", "feature-demo").await?;
+    outln!(
+        "  {} is {} (Terraform workspace `{}`), deployment #{} {}",
+        review.name,
+        review.status,
+        review.workspace,
+        review.deployment["id"],
+        review.deployment["status"].as_str().unwrap_or("")
+    );
+    let host = "feature-demo.review.localhost";
+    outln!("$ curl -H 'Host: {host}' http://{proxy}/\n  {}", get_from(&proxy, host).await?);
+
+    outln!("\n== 9. Delete the branch: its review environment goes");
+    git(&repo, &["branch", "-q", "-D", "feature/demo"])?;
+    outln!("$ git branch -D feature/demo");
+    let gone = api.gone(&review.name).await?;
+    outln!("  {} is {}: {}", review.name, gone["status"].as_str().unwrap_or(""), gone["reason"].as_str().unwrap_or(""));
+    outln!("$ curl -H 'Host: {host}' http://{proxy}/\n  {}", get_from(&proxy, host).await?);
+
     if args.no_serve {
         outln!("\nThe server stops now (--no-serve). Start it again with:");
         outln!(
@@ -280,6 +439,11 @@ async fn walkthrough(args: Args, repo: PathBuf, data: PathBuf) -> Outcome {
     outln!("  plinth runs list   # stg applies; prd waits for `plinth runs approve ID`");
     outln!("  plinth deploy status api --env stg; plinth deploy history api --env stg; plinth logs api --env stg");
     outln!("  curl -H 'Host: api.stg.localhost' http://{proxy}/");
+    outln!("  plinth templates list; plinth env list; plinth env show shop-dev1; plinth catalog list");
+    outln!(
+        "  cd {} && git checkout -b feature/try && git commit --allow-empty -m try && git checkout main   # a review environment",
+        repo.display()
+    );
     outln!("The admin token is also in {}.", data.join("admin.token").display());
     if args.no_serve {
         let _ = stop.send(());
@@ -293,24 +457,37 @@ async fn walkthrough(args: Args, repo: PathBuf, data: PathBuf) -> Outcome {
     }
 }
 
-/// An HTTP client that sends `api.stg.localhost` to the proxy.
-fn proxy_client(proxy: std::net::SocketAddr) -> Result<reqwest::Client, Failure> {
+/// An HTTP client that sends `host` to the proxy.
+fn proxy_client_for(proxy: std::net::SocketAddr, host: &str) -> Result<reqwest::Client, Failure> {
     reqwest::Client::builder()
-        .resolve("api.stg.localhost", proxy)
+        .resolve(host, proxy)
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| fail(format!("could not make an HTTP client: {e}")))
 }
 
+fn proxy_client(proxy: std::net::SocketAddr) -> Result<reqwest::Client, Failure> {
+    proxy_client_for(proxy, "api.stg.localhost")
+}
+
 /// What the demo service answers through the proxy.
 async fn get_version(proxy: &std::net::SocketAddr) -> Result<String, Failure> {
-    let client = proxy_client(*proxy)?;
+    get_from(proxy, "api.stg.localhost").await
+}
+
+/// What the proxy answers for `host`: the body, or the status and plinth's error code.
+async fn get_from(proxy: &std::net::SocketAddr, host: &str) -> Result<String, Failure> {
+    let client = proxy_client_for(*proxy, host)?;
     let response = client
-        .get(format!("http://api.stg.localhost:{}/", proxy.port()))
+        .get(format!("http://{host}:{}/", proxy.port()))
         .send()
         .await
         .map_err(|e| fail(format!("the proxy did not answer: {e}")))?;
-    Ok(response.text().await.unwrap_or_default().trim().to_owned())
+    let status = response.status();
+    let code = response.headers().get("x-plinth-error").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = response.text().await.unwrap_or_default().trim().to_owned();
+    // plinth's own answers (404 for a host nobody routes) start with their error code.
+    Ok(if code.is_some() { format!("{} {body}", status.as_u16()) } else { body })
 }
 
 /// 8 clients sending requests through the proxy until finished.
@@ -375,6 +552,14 @@ fn show_runs(runs: &[Run]) {
         let plan = run.plan.as_ref().map(|p| format!(" ({p})")).unwrap_or_default();
         outln!("  run #{} {:<8} {}{plan}", run.id, run.stack, run.status);
     }
+}
+
+/// A review environment serving a branch's release.
+struct Review {
+    name: String,
+    status: String,
+    workspace: String,
+    deployment: serde_json::Value,
 }
 
 /// The few API calls the walkthrough makes.
@@ -490,6 +675,115 @@ impl Api {
                 )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the server has recorded `commit`.
+    async fn seen(&self, commit: &str) -> Result<(), Failure> {
+        let start = Instant::now();
+        loop {
+            let events = self.get("/api/v1/events").await?;
+            if events["events"].as_array().is_some_and(|l| l.iter().any(|e| e["commit"] == commit)) {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err(fail(format!("the server did not see commit {commit} in a minute")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<serde_json::Value, Failure> {
+        let response = request.send().await.map_err(|e| fail(format!("could not reach the server: {e}")))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.map_err(|e| fail(format!("unreadable answer: {e}")))?;
+        if !status.is_success() {
+            return Err(fail(format!("the server answered {status}: {body}")));
+        }
+        Ok(body)
+    }
+
+    /// Asks for an environment from a template and waits until its request ends.
+    async fn create_environment(
+        &self,
+        template: &str,
+        name: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, Failure> {
+        let body = serde_json::json!({"template": template, "product": "shop", "name": name, "params": params});
+        let request = self.http.post(format!("{}/api/v1/environments", self.url)).bearer_auth(&self.token).json(&body);
+        let answer = self.send(request).await?;
+        let id = answer["request"]["id"].as_i64().ok_or_else(|| fail(format!("no request: {answer}")))?;
+        let start = Instant::now();
+        loop {
+            let body = self.get(&format!("/api/v1/environments/{name}")).await?;
+            let done = body["requests"]
+                .as_array()
+                .and_then(|l| l.iter().find(|r| r["id"] == id))
+                .is_some_and(|r| matches!(r["status"].as_str(), Some("succeeded" | "failed" | "cancelled")));
+            if done {
+                return Ok(body["environment"].clone());
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                return Err(fail(format!(
+                    "environment {name} was not made in 2 minutes; see `plinth env show {name}`"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Publishes a release for a branch as CI would (plinth makes the branch's review
+    /// environment if it has not yet), and waits until the review environment serves it.
+    async fn review_release(&self, ci: &str, branch: &str, version: &str) -> Result<Review, Failure> {
+        let request = self
+            .http
+            .post(format!("{}/api/v1/services/api/releases", self.url))
+            .query(&[("branch", branch)])
+            .bearer_auth(ci)
+            .json(&serde_json::json!([{"name": "app", "imageUri": version}]));
+        let answer = self.send(request).await?;
+        let deployments = answer["deployments"].as_array().cloned().unwrap_or_default();
+        let deployment = deployments
+            .iter()
+            .find(|d| d["environment"].as_str().is_some_and(|e| e.starts_with("review-")))
+            .ok_or_else(|| fail(format!("the release reached no review environment: {answer}")))?;
+        let name = deployment["environment"].as_str().unwrap_or_default().to_owned();
+        let id = deployment["id"].as_i64().unwrap_or(0);
+        let start = Instant::now();
+        loop {
+            let d = self.get(&format!("/api/v1/deployments/{id}")).await?;
+            let status = d["deployment"]["status"].as_str().unwrap_or("");
+            if matches!(status, "succeeded" | "failed" | "cancelled" | "superseded" | "rejected") {
+                let env = self.get(&format!("/api/v1/environments/{name}")).await?;
+                return Ok(Review {
+                    status: env["environment"]["status"].as_str().unwrap_or("").to_owned(),
+                    workspace: env["environment"]["workspace"].as_str().unwrap_or("").to_owned(),
+                    name,
+                    deployment: d["deployment"].clone(),
+                });
+            }
+            if start.elapsed() > Duration::from_secs(180) {
+                return Err(fail(format!(
+                    "{name} did not serve the release in 3 minutes; see `plinth env show {name}`"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until an environment is destroyed.
+    async fn gone(&self, name: &str) -> Result<serde_json::Value, Failure> {
+        let start = Instant::now();
+        loop {
+            let body = self.get(&format!("/api/v1/environments/{name}")).await?;
+            if matches!(body["environment"]["status"].as_str(), Some("destroyed" | "destroy_failed")) {
+                return Ok(body["environment"].clone());
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                return Err(fail(format!("{name} was not destroyed in 2 minutes; see `plinth env show {name}`")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

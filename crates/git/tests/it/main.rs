@@ -403,6 +403,9 @@ async fn the_mirror_follows_branches_and_new_commits() {
         mirror.new_commits(&feature, std::slice::from_ref(&third)).await.unwrap(),
         std::slice::from_ref(&feature)
     );
+    // A branch made at a known commit, before its first commit of its own, brings nothing:
+    // not the whole history of the commit it starts at.
+    assert!(mirror.new_commits(&third, &[third.clone(), first.clone()]).await.unwrap().is_empty());
     assert!(mirror.is_ancestor(&first, &merge).await.unwrap());
     assert!(!mirror.is_ancestor(&merge, &first).await.unwrap());
 
