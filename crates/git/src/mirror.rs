@@ -112,6 +112,78 @@ impl Mirror {
         Ok(out.lines().map(str::to_owned).collect())
     }
 
+    /// Commits the directory `files` (or, with `None`, nothing) at `path` on `branch`, on top
+    /// of the branch's tip (a new branch with no parent if there is none), and pushes it to the
+    /// origin. The rest of the branch's tree is kept. Returns the new commit, or `None` when the
+    /// tree did not change. The caller serializes calls.
+    pub async fn publish_dir(
+        &self,
+        branch: &str,
+        path: &str,
+        files: Option<&Path>,
+        message: &str,
+    ) -> Result<Option<String>, MirrorError> {
+        let scratch = self.git_dir.join("plinth-publish");
+        let _ = tokio::fs::remove_dir_all(&scratch).await;
+        let work = scratch.join("tree");
+        let index = scratch.join("index");
+        tokio::fs::create_dir_all(&work).await.map_err(MirrorError::Spawn)?;
+        let result = async {
+            let git_dir = self.git_dir.display().to_string();
+            let index = index.display().to_string();
+            let run = |args: Vec<String>| {
+                let mut full = vec!["--git-dir".to_owned(), git_dir.clone(), "--work-tree".to_owned(), ".".to_owned()];
+                full.extend(args);
+                let env = vec![
+                    ("GIT_INDEX_FILE".to_owned(), index.clone()),
+                    ("GIT_AUTHOR_NAME".to_owned(), "plinth".to_owned()),
+                    ("GIT_AUTHOR_EMAIL".to_owned(), "plinth@localhost".to_owned()),
+                    ("GIT_COMMITTER_NAME".to_owned(), "plinth".to_owned()),
+                    ("GIT_COMMITTER_EMAIL".to_owned(), "plinth@localhost".to_owned()),
+                ];
+                let work = work.clone();
+                async move { self.git_with(&work, &full, &env).await }
+            };
+            let reference = format!("refs/heads/{branch}");
+            let tip = run(vec!["rev-parse".into(), "--verify".into(), "-q".into(), reference.clone()]).await.ok();
+            let tip = tip.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+            match &tip {
+                Some(tip) => run(vec!["read-tree".into(), tip.clone()]).await?,
+                None => run(vec!["read-tree".into(), "--empty".into()]).await?,
+            };
+            let rm = ["rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", path];
+            run(rm.iter().map(|s| s.to_string()).collect()).await?;
+            if let Some(files) = files {
+                let (files, target) = (files.to_path_buf(), work.join(path));
+                tokio::task::spawn_blocking(move || copy_tree(&files, &target))
+                    .await
+                    .map_err(|e| MirrorError::Spawn(std::io::Error::other(e)))?
+                    .map_err(MirrorError::Spawn)?;
+                run(vec!["add".into(), "-f".into(), "--".into(), path.to_owned()]).await?;
+            }
+            let tree = run(vec!["write-tree".into()]).await?.trim().to_owned();
+            if let Some(tip) = &tip {
+                let old = run(vec!["rev-parse".into(), format!("{tip}^{{tree}}")]).await?;
+                if old.trim() == tree {
+                    return Ok(None);
+                }
+            }
+            let mut commit = vec!["commit-tree".to_owned(), tree, "-m".to_owned(), message.to_owned()];
+            if let Some(tip) = &tip {
+                commit.push("-p".into());
+                commit.push(tip.clone());
+            }
+            let commit = run(commit).await?.trim().to_owned();
+            let url = run(vec!["config".into(), "--get".into(), "remote.origin.url".into()]).await?.trim().to_owned();
+            run(vec!["push".into(), "-q".into(), url, format!("{commit}:{reference}")]).await?;
+            run(vec!["update-ref".into(), reference, commit.clone()]).await?;
+            Ok(Some(commit))
+        }
+        .await;
+        let _ = tokio::fs::remove_dir_all(&scratch).await;
+        result
+    }
+
     /// Which of these commits the mirror has.
     async fn existing(&self, commits: &[String]) -> Result<Vec<String>, MirrorError> {
         let mut out = Vec::new();
@@ -133,10 +205,16 @@ impl Mirror {
     }
 
     async fn git(&self, dir: &Path, args: &[&str]) -> Result<String, MirrorError> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        self.git_with(dir, &args, &[]).await
+    }
+
+    async fn git_with(&self, dir: &Path, args: &[String], env: &[(String, String)]) -> Result<String, MirrorError> {
         let command = args.join(" ");
         let child = tokio::process::Command::new("git")
             .current_dir(dir)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_ASKPASS", "true")
             .env_remove("GIT_DIR")
@@ -156,4 +234,22 @@ impl Mirror {
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
+}
+
+/// Copies a directory tree (files and directories; symlinks as links).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        if kind.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
 }

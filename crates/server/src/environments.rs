@@ -234,6 +234,30 @@ pub async fn write_kept_root(
     Ok(written)
 }
 
+/// Commits an environment's kept root to `[provisioning] commit_branch`, when plinth.toml on
+/// the main branch names one, as `environments/<name>/`: its current root while it exists,
+/// nothing once it is gone. A failure is logged; the kept root in the data dir is what plinth
+/// works from.
+pub async fn publish(state: &AppState, environment_id: i64, message: &str) {
+    let Ok(policy) = crate::policy::current(state).await else { return };
+    let Some(branch) = policy.config.commit_branch else { return };
+    let Ok(Some(env)) = state.store.environment_by_id(environment_id).await else { return };
+    let _one_at_a_time = state.publish_lock.lock().await;
+    let root = state.paths.kept_root(env.id);
+    let exists = tokio::fs::try_exists(&root).await.unwrap_or(false);
+    let files = (env.status.is_live() && exists).then_some(root.as_path());
+    let path = format!("environments/{}", env.name);
+    match state.mirror.publish_dir(&branch, &path, files, message).await {
+        Ok(Some(commit)) => {
+            tracing::info!(environment = %env.name, %branch, commit = %&commit[..commit.len().min(10)], "Committed the kept root.");
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(environment = %env.name, %branch, error = %e, "Could not commit the kept root to the branch.")
+        }
+    }
+}
+
 /// Puts the previous kept root back (an update that failed).
 pub async fn restore_previous_root(state: &AppState, env_id: i64) -> Result<(), String> {
     let root = state.paths.kept_root(env_id);

@@ -123,14 +123,30 @@ async fn carry_out(state: &AppState, request: EnvRequest) {
 
 async fn finish(state: &AppState, request: &EnvRequest, outcome: Outcome) {
     tracing::info!(request = request.id, environment = %request.environment, status = %outcome.status, outcome = %outcome.text, "Environment request ended.");
-    match state
+    // The branch of kept roots first, so that a request that has ended has nothing left to do.
+    let message = format!(
+        "{} {}: {}\n\nplinth request #{} by {}, template {}: {}",
+        request.kind.as_str(),
+        request.environment,
+        outcome.status,
+        request.id,
+        request.requested_by,
+        request.template,
+        outcome.text
+    );
+    crate::environments::publish(state, request.environment_id, &message).await;
+    let runs = match state
         .store
         .move_environment_request(request.id, outcome.status, Some(outcome.text.clone()), state.now())
         .await
     {
-        Ok(_) => {}
-        Err(e) => tracing::error!(request = request.id, error = %e, "Could not record how the request ended."),
-    }
+        Ok(Some(ended)) => ended.runs,
+        Ok(None) => request.runs.clone(),
+        Err(e) => {
+            tracing::error!(request = request.id, error = %e, "Could not record how the request ended.");
+            request.runs.clone()
+        }
+    };
     let entry = plinth_store::NewAudit {
         actor: "plinth".into(),
         action: format!(
@@ -140,7 +156,7 @@ async fn finish(state: &AppState, request: &EnvRequest, outcome: Outcome) {
         ),
         object: format!("environment/{}", request.environment),
         result: outcome.status.as_str().to_owned(),
-        details: serde_json::json!({"request": request.id, "requested_by": request.requested_by, "outcome": outcome.text, "runs": request.runs}),
+        details: serde_json::json!({"request": request.id, "requested_by": request.requested_by, "outcome": outcome.text, "runs": runs}),
     };
     if let Err(e) = state.store.append_audit(entry, state.now()).await {
         tracing::error!(request = request.id, error = %e, "Could not audit the end of a request.");

@@ -20,7 +20,12 @@ pub async fn sync(state: &AppState) {
     };
     let Some(review) = policy.config.review.clone() else { return };
     let branches = match state.mirror.branches().await {
-        Ok(branches) => branches,
+        Ok(mut branches) => {
+            if let Some(generated) = &policy.config.commit_branch {
+                branches.remove(generated);
+            }
+            branches
+        }
         Err(e) => {
             tracing::warn!(error = %e, "Could not read the branches for review environments.");
             return;

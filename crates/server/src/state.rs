@@ -173,6 +173,8 @@ pub struct Inner {
     pub wake_provisioner: Notify,
     /// The environment requests this process is carrying out.
     pub provisioner: crate::provisioner::Provisioner,
+    /// Kept roots are committed to `[provisioning] commit_branch` one at a time.
+    pub publish_lock: tokio::sync::Mutex<()>,
     /// Review environments are brought in line by one task at a time.
     pub review_lock: tokio::sync::Mutex<()>,
     /// Branches (and heads) already told they get no review environment, so it is said once.
@@ -205,6 +207,7 @@ impl AppState {
             run_ended: tokio::sync::broadcast::channel(256).0,
             wake_provisioner: Notify::new(),
             provisioner: crate::provisioner::Provisioner::default(),
+            publish_lock: tokio::sync::Mutex::new(()),
             review_lock: tokio::sync::Mutex::new(()),
             review_refused: Mutex::new(std::collections::HashSet::new()),
         }))

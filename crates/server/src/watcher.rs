@@ -82,7 +82,9 @@ pub async fn poll_once(state: &AppState, trigger: &str) -> Result<Polled, ApiErr
     }
     // The main branch first, so that its commits queue ahead of branches built on them.
     let main = main_branch(state, &branches).await;
-    let mut order: Vec<&String> = branches.keys().collect();
+    // The branch plinth commits kept roots to is plinth's own output, not something to run.
+    let generated = crate::policy::current(state).await.ok().and_then(|p| p.config.commit_branch);
+    let mut order: Vec<&String> = branches.keys().filter(|b| Some(b.as_str()) != generated.as_deref()).collect();
     order.sort_by_key(|b| (Some(b.as_str()) != main.as_deref(), b.as_str()));
     let mut gone: BTreeMap<String, Option<String>> = BTreeMap::new();
     for branch in known.keys().filter(|b| !branches.contains_key(*b)) {

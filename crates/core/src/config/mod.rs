@@ -51,6 +51,8 @@ pub struct Config {
     pub cidr_pools: BTreeMap<String, CidrPool>,
     /// An environment per branch, when set.
     pub review: Option<Review>,
+    /// The branch the kept roots of environments on request are also committed to (S4.7).
+    pub commit_branch: Option<String>,
     pub source: SourceFile,
 }
 
@@ -372,13 +374,16 @@ impl Config {
         let products = provision::parse_products(raw.products, &mut parser.diagnostics);
         let cidr_pools = provision::parse_pools(raw.cidr_pools, &mut parser.diagnostics);
         let review = raw.review.and_then(|r| provision::parse_review(r, &products, &mut parser.diagnostics));
+        let commit_branch = provision::parse_provisioning(raw.provisioning, &main_branch, &mut parser.diagnostics);
         let mut diagnostics = parser.diagnostics;
         diagnostics.sort();
         if diagnostics.has_errors() {
             return Err(diagnostics);
         }
         let warnings = diagnostics.items;
-        Ok((Config { main_branch, environments, stacks, services, products, cidr_pools, review, source }, warnings))
+        let config =
+            Config { main_branch, environments, stacks, services, products, cidr_pools, review, commit_branch, source };
+        Ok((config, warnings))
     }
 
     pub fn service(&self, name: &str) -> Option<&ServiceDef> {

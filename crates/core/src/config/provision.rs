@@ -79,6 +79,47 @@ pub(crate) struct RawPool {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(crate) struct RawProvisioning {
+    commit_branch: Option<Spanned<String>>,
+}
+
+/// `[provisioning] commit_branch`: the branch the kept roots are also committed to, checked.
+pub(crate) fn parse_provisioning(
+    raw: Option<Spanned<RawProvisioning>>,
+    main_branch: &str,
+    d: &mut Diagnostics,
+) -> Option<String> {
+    let branch = raw?.into_inner().commit_branch?;
+    let name = branch.get_ref();
+    let valid = !name.is_empty()
+        && !name.starts_with(['-', '/'])
+        && !name.ends_with(['/', '.'])
+        && !name.ends_with(".lock")
+        && !name.contains("..")
+        && !name.contains("//")
+        && !name.contains("@{")
+        && !name.chars().any(|c| c.is_control() || c.is_whitespace() || "~^:?*[\\".contains(c));
+    if !valid {
+        d.push(
+            Diagnostic::error("config.invalid_branch", format!("`{name}` is not a branch name git accepts"))
+                .at(branch.span())
+                .help("use letters, digits, `-`, `_`, `.` and `/`, such as `plinth/environments`"),
+        );
+        return None;
+    }
+    if name == main_branch {
+        d.push(
+            Diagnostic::error("config.invalid_branch", "`commit_branch` is the main branch")
+                .at(branch.span())
+                .help("plinth commits generated code there on its own; give it a branch of its own, such as `plinth/environments`"),
+        );
+        return None;
+    }
+    Some(branch.into_inner())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct RawReview {
     template: Spanned<String>,
     branches: Vec<Spanned<String>>,

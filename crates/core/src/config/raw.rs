@@ -20,6 +20,7 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub cidr_pools: BTreeMap<Spanned<String>, Spanned<super::provision::RawPool>>,
     pub review: Option<Spanned<super::provision::RawReview>>,
+    pub provisioning: Option<Spanned<super::provision::RawProvisioning>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -463,6 +463,8 @@ fn bad_provisioning_config_points_at_the_problem() {
         (format!("{review}product = \"nope\"\n"), "config.unknown_product", (5, 11)),
         (review.replace("[\"f/*\"]", "[]"), "config.missing_key", (1, 1)),
         (review.replace("\"r\"", "\"R R\""), "config.invalid_name", (2, 12)),
+        ("[provisioning]\ncommit_branch = \"a b\"\n".into(), "config.invalid_branch", (2, 17)),
+        ("[provisioning]\ncommit_branch = \"main\"\n".into(), "config.invalid_branch", (2, 17)),
     ];
     for (text, code, (line, column)) in cases {
         let diagnostics = match Config::parse("plinth.toml", &text) {

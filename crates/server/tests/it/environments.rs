@@ -622,3 +622,60 @@ async fn review_environments_expire_and_respect_the_maximum() {
     assert_eq!(refusals.len(), 1, "said once, not on every poll: {refusals:#?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_go_on_after_a_restart() {
+    let markers = tempfile::tempdir().unwrap();
+    let server = setup(CONFIG, markers.path()).await;
+    let marker_dir = markers.path().display().to_string();
+    let slow = create(&server, "web", "first", json!({"marker_dir": marker_dir, "app_name": "a", "sleep": 2})).await;
+    assert_eq!(slow.status, 202, "{}", slow.text);
+    let queued = create(&server, "web", "second", json!({"marker_dir": marker_dir, "app_name": "b"})).await;
+    assert_eq!(queued.status, 202, "{}", queued.text);
+    // Stop while the first one's apply runs (the grace period lets it finish) and the second
+    // one waits for the account.
+    eventually("the first apply to start", LONG, || async {
+        markers.path().join("timeline-first").exists().then_some(())
+    })
+    .await;
+    let (repo, data) = server.stop().await;
+    let server = Server::start_in(repo, data, |_| {}).await;
+    for (name, answer) in [("first", &slow), ("second", &queued)] {
+        let body = ended(&server, name, answer.body["request"]["id"].as_i64().unwrap()).await;
+        assert_eq!(body["environment"]["status"], "ready", "{body:#}");
+        assert_eq!(body["requests"][0]["runs"].as_array().unwrap().len(), 1, "no run was made twice: {body:#}");
+    }
+    assert_eq!(read(&markers.path().join("second/app_name")), "b");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_roots_are_committed_to_a_branch_when_asked() {
+    let markers = tempfile::tempdir().unwrap();
+    let config = format!("{CONFIG}\n[provisioning]\ncommit_branch = \"plinth/environments\"\n");
+    let server = setup(&config, markers.path()).await;
+    let params = json!({"marker_dir": markers.path().display().to_string(), "app_name": "kept ${x}"});
+    let answer = create(&server, "web", "kept", params).await;
+    let body = ended(&server, "kept", answer.body["request"]["id"].as_i64().unwrap()).await;
+    assert_eq!(body["environment"]["status"], "ready", "{body:#}");
+    // The watched repo has the branch, with the generated root and the template beside it.
+    let show = |path: &str| server.repo.git(&["show", &format!("plinth/environments:{path}")]);
+    assert!(show("environments/kept/main.tf").contains("module \"template\""));
+    let tfvars: Value = serde_json::from_str(&show("environments/kept/terraform.tfvars.json")).unwrap();
+    assert_eq!(tfvars["app_name"], "kept ${x}");
+    assert!(show("environments/kept/repo/templates/web/main.tf").contains("terraform_data"));
+    let log = server.repo.git(&["log", "--format=%an %s", "plinth/environments"]);
+    assert!(log.starts_with("plinth create kept: succeeded"), "{log}");
+    // plinth does not take its own branch for work to do.
+    let events = server.get("/api/v1/events").await;
+    assert!(events["events"].as_array().unwrap().iter().all(|e| e["branch"] != "plinth/environments"), "{events:#}");
+
+    let answer = server.call("DELETE", "/api/v1/environments/kept", Some(&server.admin), None).await;
+    let body = ended(&server, "kept", answer.body["request"]["id"].as_i64().unwrap()).await;
+    assert_eq!(body["environment"]["status"], "destroyed", "{body:#}");
+    let files = server.repo.git(&["ls-tree", "-r", "--name-only", "plinth/environments"]);
+    assert!(!files.contains("environments/kept/"), "a destroyed environment's root leaves the branch: {files}");
+    let log = server.repo.git(&["log", "--format=%s", "plinth/environments"]);
+    assert_eq!(log.lines().count(), 2, "{log}");
+    server.stop().await;
+}
