@@ -181,7 +181,14 @@ pub async fn recover(state: &AppState) -> Result<(), plinth_store::StoreError> {
             state.store.append_deployment_event(d.id, why, state.now()).await?;
         }
     }
+    let declared = crate::policy::current(state).await.map(|p| p.config.environments).unwrap_or_default();
     for d in state.store.current_deployments().await? {
+        // An environment made on request that is gone has nothing to bring back.
+        if !declared.contains_key(&d.environment)
+            && !state.store.environment(&d.environment).await?.is_some_and(|e| e.status.is_live())
+        {
+            continue;
+        }
         let Some(release) = state.store.release(d.release_id).await? else { continue };
         let key = (d.service.clone(), d.environment.clone());
         match bring_back(state, &key, &release, d.id).await {

@@ -184,6 +184,26 @@ pub async fn write_kept_root(
     let root = state.paths.kept_root(env.id);
     let next = root.with_file_name("root.next");
     let prev = root.with_file_name("root.prev");
+    let written = render_into(state, env, template, commit, values, &next).await?;
+    let _ = tokio::fs::remove_dir_all(&prev).await;
+    if tokio::fs::try_exists(&root).await.unwrap_or(false) {
+        tokio::fs::rename(&root, &prev).await.map_err(|e| format!("keeping the previous root: {e}"))?;
+    }
+    tokio::fs::rename(&next, &root).await.map_err(|e| format!("putting the new root in place: {e}"))?;
+    Ok(written)
+}
+
+/// Writes the root for `values` from the template at `commit` into `dest` (emptied first),
+/// formatted. Returns the number of files written.
+pub async fn render_into(
+    state: &AppState,
+    env: &EnvRecord,
+    template: &str,
+    commit: &str,
+    values: &[(String, Value)],
+    dest: &Path,
+) -> Result<u64, String> {
+    let next = dest.to_path_buf();
     let _ = tokio::fs::remove_dir_all(&next).await;
     tokio::fs::create_dir_all(&next).await.map_err(|e| format!("creating {}: {e}", next.display()))?;
     let git_dir = state.mirror.git_dir().to_path_buf();
@@ -226,11 +246,6 @@ pub async fn write_kept_root(
     .await
     .map_err(|e| format!("rendering the root failed: {e}"))??;
     fmt(state, env, &next).await?;
-    let _ = tokio::fs::remove_dir_all(&prev).await;
-    if tokio::fs::try_exists(&root).await.unwrap_or(false) {
-        tokio::fs::rename(&root, &prev).await.map_err(|e| format!("keeping the previous root: {e}"))?;
-    }
-    tokio::fs::rename(&next, &root).await.map_err(|e| format!("putting the new root in place: {e}"))?;
     Ok(written)
 }
 

@@ -78,7 +78,9 @@ impl Layout {
     fn new(state: &AppState, run: &Run) -> Layout {
         let root = state.paths.workspace(run.id);
         let checkout = root.join("checkout");
-        let stack = if run.path.is_empty() || run.path == "." { checkout.clone() } else { checkout.join(&run.path) };
+        // An environment's run gets its root copied to the top of the checkout.
+        let at_top = run.path.is_empty() || run.path == "." || run.provisioned_env.is_some();
+        let stack = if at_top { checkout.clone() } else { checkout.join(&run.path) };
         Layout {
             pgid: root.join(PGID_FILE),
             plan: root.join("plan.tfplan"),
@@ -120,6 +122,13 @@ pub async fn execute(state: AppState, run: Run, phase: Phase, cancel: Cancellati
     }
     if let Some(to) = ending.status {
         set(&state, &mut log, id, to, ending.patch).await;
+    }
+    // A plan of an environment's update, rendered beside its kept root, is done with its root.
+    if let Some(env) = run.provisioned_env
+        && !run.path.is_empty()
+        && ending.status != Some(RunStatus::Queued)
+    {
+        let _ = tokio::fs::remove_dir_all(state.paths.env_source(env, &run.path)).await;
     }
     tracing::info!(run = id, stack = %run.stack, status = ?ending.status, "Run phase ended.");
     log.finish(&state.logs).await;
@@ -550,7 +559,7 @@ async fn plan_steps(
     let (tx, rx) = (&tx, &mut rx);
     remove_workspace(state, run.id).await;
     if let Some(env) = run.provisioned_env {
-        let kept = state.paths.kept_root(env);
+        let kept = state.paths.env_source(env, &run.path);
         note(state, log, &format!("Copying the kept root of `{}` from {}.", run.stack, kept.display())).await;
         let files = crate::environments::copy_dir(&kept, &layout.checkout)
             .await

@@ -124,6 +124,16 @@ impl Paths {
     pub fn kept_root(&self, environment_id: i64) -> PathBuf {
         self.environments.join(environment_id.to_string()).join("root")
     }
+
+    /// What a run of an environment works from: its kept root, or (for a plan of an update
+    /// asked for with `plan_only`) the root rendered beside it, `<dir>` under the environment.
+    pub fn env_source(&self, environment_id: i64, dir: &str) -> PathBuf {
+        if dir.is_empty() {
+            self.kept_root(environment_id)
+        } else {
+            self.environments.join(environment_id.to_string()).join(dir)
+        }
+    }
 }
 
 /// The shared state, cheap to clone.

@@ -658,6 +658,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn environment(&self, name: &str) -> Result<Option<EnvRecord>>;
     /// Environments by name, then id.
     async fn environments(&self, filter: &EnvFilter) -> Result<Vec<EnvRecord>>;
+    /// The names of the environments that still exist.
+    async fn live_environment_names(&self) -> Result<Vec<String>>;
     /// Moves an environment to `to` if [`EnvStatus::can_move_to`] allows it (compare-and-set).
     /// Leaving it with nothing (destroyed, or a failed create) frees its CIDR block.
     async fn move_environment(

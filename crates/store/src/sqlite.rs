@@ -1051,6 +1051,14 @@ impl Store for SqliteStore {
         self.env_list(filter).await
     }
 
+    async fn live_environment_names(&self) -> Result<Vec<String>> {
+        let rows =
+            sqlx::query("SELECT name FROM environments WHERE status NOT IN ('destroyed', 'failed') ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|r| r.try_get("name").map_err(StoreError::from)).collect()
+    }
+
     async fn move_environment(
         &self,
         id: i64,

@@ -98,6 +98,9 @@ enum EnvCommand {
         name: String,
         #[arg(long = "param", value_name = "NAME=VALUE")]
         params: Vec<String>,
+        /// Only show what the update would change: plan it, change nothing.
+        #[arg(long)]
+        plan: bool,
         #[command(flatten)]
         wait: Wait,
         #[arg(long, value_enum, default_value_t)]
@@ -297,13 +300,15 @@ pub fn env(args: EnvArgs) -> Outcome {
             let answer: serde_json::Value = client.post("/api/v1/environments", &body)?;
             requested(&client, &answer, &name, wait, output)
         }
-        EnvCommand::Update { name, params, wait, output } => {
+        EnvCommand::Update { name, params, plan, wait, output } => {
             let client = Client::new(&connection, output)?;
             let params = parse_params(&params, output)?;
-            let answer: serde_json::Value = client.post(
-                &format!("/api/v1/environments/{}/update", segment(&name)),
-                &serde_json::json!({"params": params}),
-            )?;
+            let body = serde_json::json!({"params": params, "plan_only": plan});
+            let answer: serde_json::Value =
+                client.post(&format!("/api/v1/environments/{}/update", segment(&name)), &body)?;
+            if plan {
+                return planned(&client, &answer, wait.timeout, output);
+            }
             requested(&client, &answer, &name, wait, output)
         }
         EnvCommand::Destroy { name, wait, output } => {
@@ -449,6 +454,48 @@ fn print_env(body: &serde_json::Value) {
     }
     if let Some(requests) = body["requests"].as_array().filter(|r| !r.is_empty()) {
         outln!("\n{}", table(&REQUEST_HEADERS, &requests.iter().map(request_row).collect::<Vec<_>>()));
+    }
+}
+
+/// After `env update --plan`: waits for the plan and shows what it would change.
+fn planned(client: &Client, answer: &serde_json::Value, timeout: Duration, output: Format) -> Outcome {
+    let id = answer["run"]["id"].as_i64().unwrap_or(0);
+    if output == Format::Text {
+        eprintln!("{}.", s(&answer["message"]));
+    }
+    let start = Instant::now();
+    loop {
+        let run: serde_json::Value = client.get(&format!("/api/v1/runs/{id}"), &[])?;
+        let status = s(&run["status"]);
+        if matches!(status.as_str(), "planned" | "no_changes" | "failed" | "cancelled") {
+            if output == Format::Json {
+                print_json(&run);
+            } else if status == "no_changes" {
+                outln!("No changes: the update would leave the environment as it is.");
+            } else if status == "planned" {
+                let plan = &run["plan"];
+                outln!(
+                    "The update would add {}, change {} and destroy {} resource(s):",
+                    s(&plan["add"]),
+                    s(&plan["change"]),
+                    s(&plan["destroy"])
+                );
+                for r in plan["resources"].as_array().cloned().unwrap_or_default() {
+                    let actions: Vec<String> =
+                        r["actions"].as_array().map(|a| a.iter().map(s).collect()).unwrap_or_default();
+                    outln!("  {} ({})", s(&r["address"]), actions.join(", "));
+                }
+                outln!("Nothing was changed. Run it without --plan to apply.");
+            } else {
+                outln!("The plan {status}: {}", s(&run["reason"]));
+            }
+            return Ok(ExitCode::from(if matches!(status.as_str(), "planned" | "no_changes") { 0 } else { 3 }));
+        }
+        if start.elapsed() >= timeout {
+            eprintln!("Run #{id} is still {status} after {}.", humantime::format_duration(timeout));
+            return Ok(ExitCode::from(8));
+        }
+        std::thread::sleep(Duration::from_millis(300));
     }
 }
 

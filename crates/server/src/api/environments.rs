@@ -275,6 +275,9 @@ pub struct UpdateBody {
     /// Values to change; the others keep theirs.
     #[serde(default)]
     params: BTreeMap<String, serde_json::Value>,
+    /// Only plan: show what the update would change, change nothing.
+    #[serde(default)]
+    plan_only: bool,
 }
 
 /// `POST /api/v1/environments/{name}/update`: new values, re-rendered, planned, then applied.
@@ -312,6 +315,18 @@ pub async fn update(
         let values = loaded.template.check_values(&merged).map_err(|errors| bad_params(&env.template, &errors))?;
         let params: serde_json::Map<String, serde_json::Value> =
             values.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+        if body.plan_only {
+            let run = plan_update(&state, &env, &loaded, &values, &caller.name).await?;
+            note = AuditNote::new("environment.plan_update", format!("environment/{name}"))
+                .details(serde_json::json!({"params": params, "run": run.id}));
+            let message = format!(
+                "planning the update of `{name}` in run #{}; nothing is changed (`plinth runs logs {}`)",
+                run.id, run.id
+            );
+            return Ok(
+                (StatusCode::ACCEPTED, axum::Json(serde_json::json!({"run": run, "message": message}))).into_response()
+            );
+        }
         let request = state
             .store
             .request_environment_change(
@@ -328,6 +343,59 @@ pub async fn update(
     }
     .await;
     Ok(noted(note, result.unwrap_or_else(IntoResponse::into_response)))
+}
+
+/// A plan-only run of an update: the root for the new values rendered beside the kept root,
+/// planned against the environment's state, never applied. It takes no turn in the account's
+/// queue, since it changes nothing.
+async fn plan_update(
+    state: &AppState,
+    env: &EnvRecord,
+    loaded: &crate::environments::Loaded,
+    values: &[(String, plinth_core::template::Value)],
+    by: &str,
+) -> Result<plinth_core::run::Run, ApiError> {
+    if !matches!(env.status, EnvStatus::Ready | EnvStatus::CleanupFailed) {
+        return Err(ApiError::conflict(
+            "environment.not_updatable",
+            format!("environment `{}` is {}; a plan needs its state as it is when ready", env.name, env.status),
+            "Wait for its request to end (`plinth env show NAME`).",
+        ));
+    }
+    let mut nonce = [0u8; 4];
+    getrandom::fill(&mut nonce).map_err(|e| ApiError::internal(format!("no randomness: {e}")))?;
+    let dir = format!("plan-{}", hex::encode(nonce));
+    let dest = state.paths.env_source(env.id, &dir);
+    crate::environments::render_into(state, env, &loaded.template.name, &loaded.commit, values, &dest)
+        .await
+        .map_err(|e| ApiError::internal(format!("could not generate the Terraform root: {e}")))?;
+    let stack = env.stack();
+    let event = plinth_store::NewEvent {
+        branch: None,
+        commit: loaded.commit.clone(),
+        trigger: "request".into(),
+        created_by: by.to_owned(),
+        note: Some(format!("plan of an update of environment `{}`", env.name)),
+        advance_ref: None,
+        supersede: false,
+    };
+    let run = plinth_store::NewRun {
+        lock_key: plinth_core::run::lock_key(&stack, env.workspace.as_deref()),
+        stack,
+        path: dir,
+        workspace: env.workspace.clone(),
+        environment: Some(env.policy_environment.clone()),
+        terraform: env.terraform.clone(),
+        mode: plinth_core::run::RunMode::Plan,
+        wave: 1,
+        waits_for: Vec::new(),
+        destroy: false,
+        provisioned_env: Some(env.id),
+        approved_by: None,
+    };
+    let recorded = state.store.record_event(event, vec![run], state.now()).await?;
+    state.wake_scheduler.notify_one();
+    recorded.runs.into_iter().next().ok_or_else(|| ApiError::internal("the run was not recorded"))
 }
 
 /// `DELETE /api/v1/environments/{name}`: destroys it with its kept root, and frees its block.
@@ -460,8 +528,14 @@ async fn catalog_json(
             v
         })
         .collect();
+    // Services run in plinth.toml's environments and in live ones made on request.
+    let declared: Vec<String> =
+        policy.as_ref().map(|p| p.config.environments.keys().cloned().collect()).unwrap_or_default();
+    let live: std::collections::HashSet<String> =
+        state.store.live_environment_names().await?.into_iter().chain(declared).collect();
     let services: Vec<serde_json::Value> = current
         .iter()
+        .filter(|((_, env), _)| live.contains(env))
         .filter(|((_, env), _)| product.is_none() || envs.iter().any(|e| &e.name == env))
         .map(|((service, environment), release)| serde_json::json!({"service": service, "environment": environment, "release": release}))
         .collect();

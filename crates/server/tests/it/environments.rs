@@ -274,6 +274,30 @@ async fn an_environment_is_made_from_a_template_with_its_values_byte_for_byte() 
     );
     assert_eq!(catalog["products"][0]["owner"], "team-shop");
 
+    // A plan of an update shows what would change and changes nothing.
+    let kept_before = read(&root.join("terraform.tfvars.json"));
+    let answer = server
+        .post(
+            "/api/v1/environments/shop-dev1/update",
+            &server.admin,
+            json!({"params": {"app_name": "renamed"}, "plan_only": true}),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.text);
+    let run_id = answer.body["run"]["id"].as_i64().unwrap();
+    let planned = server.wait_run(run_id, |r| r.status.is_final(r.mode)).await;
+    assert_eq!(planned.status.as_str(), "planned", "{planned:?}");
+    let plan = planned.plan.unwrap();
+    assert!(plan.resources.iter().any(|r| r.address == "module.template.terraform_data.marker"), "{plan:?}");
+    assert_eq!(read(&dir.join("app_name")), nasty, "a plan changes nothing");
+    assert_eq!(read(&root.join("terraform.tfvars.json")), kept_before, "nor the kept root");
+    // The plan's own root goes once its run has ended.
+    eventually("the plan's root to go", LONG, || async {
+        let left: Vec<_> = std::fs::read_dir(root.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        (left == [std::ffi::OsString::from("root")]).then_some(())
+    })
+    .await;
+
     // An update renders the root again with the new value, plans and applies.
     let answer = server
         .post("/api/v1/environments/shop-dev1/update", &server.admin, json!({"params": {"app_name": "renamed"}}))
