@@ -9,6 +9,7 @@ mod client_errors;
 mod crash;
 mod demo_app;
 mod deploy;
+mod environments;
 mod exec;
 mod history;
 mod init;
