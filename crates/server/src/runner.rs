@@ -657,9 +657,16 @@ pub async fn keep_state_locally(state: &AppState, stack: &str, stack_dir: &Path)
 
 /// The parsed plinth.toml at a commit.
 pub async fn config_at(state: &AppState, commit: &str) -> Result<Config, String> {
+    // The policy asks for the main branch's config many times per poll; it rarely changes.
+    if let Some((at, config)) = state.config_cache.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+        && at == commit
+    {
+        return Ok(config.clone());
+    }
     let git_dir = state.mirror.git_dir().to_path_buf();
     let commit = commit.to_owned();
-    tokio::task::spawn_blocking(move || {
+    let key = commit.clone();
+    let parsed = tokio::task::spawn_blocking(move || {
         let repo = Repo::discover(&git_dir).map_err(|e| e.to_string())?;
         let id = repo.resolve(&commit).map_err(|e| e.to_string())?;
         let tree = repo.tree(Some(id)).map_err(|e| e.to_string())?;
@@ -669,7 +676,11 @@ pub async fn config_at(state: &AppState, commit: &str) -> Result<Config, String>
         Config::parse(CONFIG_FILE, &text).map(|(c, _)| c).map_err(|d| d.to_string())
     })
     .await
-    .map_err(|e| format!("reading the config failed: {e}"))?
+    .map_err(|e| format!("reading the config failed: {e}"))?;
+    if let Ok(config) = &parsed {
+        *state.config_cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, config.clone()));
+    }
+    parsed
 }
 
 /// Why a planned run must not apply now, if it must not: its branch moved to a commit that

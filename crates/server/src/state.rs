@@ -183,6 +183,8 @@ pub struct Inner {
     pub wake_provisioner: Notify,
     /// The environment requests this process is carrying out.
     pub provisioner: crate::provisioner::Provisioner,
+    /// The last plinth.toml parsed, with the commit it was read at.
+    pub config_cache: Mutex<Option<(String, plinth_core::Config)>>,
     /// Kept roots are committed to `[provisioning] commit_branch` one at a time.
     pub publish_lock: tokio::sync::Mutex<()>,
     /// Review environments are brought in line by one task at a time.
@@ -217,6 +219,7 @@ impl AppState {
             run_ended: tokio::sync::broadcast::channel(256).0,
             wake_provisioner: Notify::new(),
             provisioner: crate::provisioner::Provisioner::default(),
+            config_cache: Mutex::new(None),
             publish_lock: tokio::sync::Mutex::new(()),
             review_lock: tokio::sync::Mutex::new(()),
             review_refused: Mutex::new(std::collections::HashSet::new()),
