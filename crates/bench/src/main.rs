@@ -13,9 +13,16 @@
 //! `plinth-bench proxy` loads plinth's proxy, nginx and a direct connection to the same demo
 //! app with `wrk` (see `proxy.rs`). `plinth-bench rollout` times rollouts of a service on the
 //! real server against their lower bound (see `rollout.rs`).
+//!
+//! `plinth-bench catalog` times the catalog and environment endpoints over 10,000 environments
+//! against `/healthz` and the store's own read (see `catalog.rs`); `plinth-bench review` times a
+//! branch push to its review environment serving, against its terraform and health-check time
+//! (see `review.rs`).
 
+mod catalog;
 mod child;
 mod proxy;
+mod review;
 mod rollout;
 mod server;
 
@@ -40,6 +47,12 @@ enum Bench {
     /// Rollout duration on the real server, against start + health checks + the longest
     /// request in flight.
     Rollout(rollout::RolloutArgs),
+    /// Catalog list and filter latency at 10,000 environments, against `/healthz` and the
+    /// store's own read of the same rows.
+    Catalog(catalog::CatalogArgs),
+    /// From a branch push to its review environment serving, against its terraform time +
+    /// health checks + the poll interval; and the teardown when the branch goes.
+    Review(review::ReviewArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,6 +92,8 @@ fn main() -> Result<()> {
         Bench::Server(args) => server::run(args),
         Bench::Proxy(args) => proxy::run(args),
         Bench::Rollout(args) => rollout::run(args),
+        Bench::Catalog(args) => catalog::run(args),
+        Bench::Review(args) => review::run(args),
     }
 }
 

@@ -282,6 +282,11 @@ impl Api {
         Ok(Api { http, url, token })
     }
 
+    /// The server's base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     fn healthy(&self) -> bool {
         self.http
             .get(format!("{}/healthz", self.url))

@@ -179,6 +179,24 @@ fn parse_params(pairs: &[String], format: Format) -> Result<BTreeMap<String, ser
     Ok(out)
 }
 
+/// Gets every page of a list that pages by `after` (the server's `next`), and returns the first
+/// page's body with `key` holding the items of all pages.
+fn all_pages(client: &Client, path: &str, query: &[(&str, String)], key: &str) -> Result<serde_json::Value, Failure> {
+    let mut body: serde_json::Value = client.get(path, query)?;
+    let mut next = body["next"].as_str().map(str::to_owned);
+    while let Some(after) = next.take() {
+        let mut q = query.to_vec();
+        q.push(("after", after));
+        let page: serde_json::Value = client.get(path, &q)?;
+        if let (Some(all), Some(more)) = (body[key].as_array_mut(), page[key].as_array()) {
+            all.extend(more.iter().cloned());
+        }
+        next = page["next"].as_str().map(str::to_owned);
+    }
+    body["next"] = serde_json::Value::Null;
+    Ok(body)
+}
+
 fn s(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
@@ -338,7 +356,7 @@ pub fn env(args: EnvArgs) -> Outcome {
             if all {
                 query.push(("all", "true".into()));
             }
-            let body: serde_json::Value = client.get("/api/v1/environments", &query)?;
+            let body = all_pages(&client, "/api/v1/environments", &query, "environments")?;
             if output == Format::Json {
                 print_json(&body);
                 return Ok(ExitCode::SUCCESS);
@@ -577,7 +595,7 @@ pub fn catalog(args: CatalogArgs) -> Outcome {
                     q.push((key, v));
                 }
             }
-            let body: serde_json::Value = client.get("/api/v1/catalog", &q)?;
+            let body = all_pages(&client, "/api/v1/catalog", &q, "environments")?;
             if output == Format::Json {
                 print_json(&body);
                 return Ok(ExitCode::SUCCESS);

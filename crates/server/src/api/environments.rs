@@ -211,8 +211,8 @@ pub async fn list(
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(&Action::Read, None)?;
-    let envs = state.store.environments(&filter_of(&query)?).await?;
-    Ok(axum::Json(serde_json::json!({"environments": envs})).into_response())
+    let (environments, next) = page(&state, &filter_of(&query)?).await?;
+    Ok(axum::Json(EnvList { environments, next }).into_response())
 }
 
 async fn find(state: &AppState, name: &str) -> Result<EnvRecord, ApiError> {
@@ -466,7 +466,8 @@ pub async fn requests(
 }
 
 /// `GET /api/v1/catalog`: products, environments (with their services' releases), and the
-/// stacks with their last apply: plinth's CMDB (S4.6). Filters like `/environments`.
+/// stacks with their last apply: plinth's CMDB (S4.6). Filters and pages like `/environments`;
+/// `next` names the page after this one, when there is one.
 pub async fn catalog(
     State(state): State<AppState>,
     caller: Caller,
@@ -474,87 +475,164 @@ pub async fn catalog(
 ) -> Result<Response, ApiError> {
     caller.require(&Action::Read, None)?;
     let filter = filter_of(&query)?;
-    Ok(axum::Json(catalog_json(&state, &filter, query.product.as_deref()).await?).into_response())
+    let (envs, next) = page(&state, &filter).await?;
+    let parts = CatalogParts::read(&state, &envs, query.product.as_deref()).await?;
+    Ok(axum::Json(parts.catalog(&envs, next.as_deref())).into_response())
 }
 
 /// `GET /api/v1/catalog/export`: everything, destroyed environments included, for a backup or
 /// another CMDB.
 pub async fn export(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     caller.require(&Action::Read, None)?;
-    let filter = EnvFilter::default();
-    let mut body = catalog_json(&state, &filter, None).await?;
-    body["requests"] = serde_json::json!(state.store.environment_requests(None, u32::MAX).await?);
-    body["exported_at"] = serde_json::json!(state.now());
-    Ok(axum::Json(body).into_response())
+    let envs = state.store.environments(&EnvFilter::default()).await?;
+    let parts = CatalogParts::read(&state, &envs, None).await?;
+    let requests = state.store.environment_requests(None, u32::MAX).await?;
+    let export = Export { catalog: parts.catalog(&envs, None), requests, exported_at: state.now() };
+    Ok(axum::Json(export).into_response())
 }
 
-async fn catalog_json(
-    state: &AppState,
-    filter: &EnvFilter,
-    product: Option<&str>,
-) -> Result<serde_json::Value, ApiError> {
-    let policy = crate::policy::current(state).await.ok();
-    let products: Vec<serde_json::Value> = policy
-        .as_ref()
-        .map(|p| {
-            p.config
-                .products
-                .values()
-                .filter(|p| product.is_none_or(|want| want == p.name))
-                .map(|p| serde_json::json!(p))
-                .collect()
-        })
-        .unwrap_or_default();
-    let envs = state.store.environments(filter).await?;
-    // Current releases, one read for all services and environments.
-    let mut current: BTreeMap<(String, String), i64> = BTreeMap::new();
-    for d in state.store.current_deployments().await? {
-        current.insert((d.service.clone(), d.environment.clone()), d.release_id);
-    }
-    let environments: Vec<serde_json::Value> = envs
-        .iter()
-        .map(|e| {
-            let mut v = serde_json::to_value(e).unwrap_or_default();
-            v["services"] = serde_json::json!(
-                e.services
-                    .iter()
-                    .map(|s| serde_json::json!({
-                        "service": s,
-                        "hosts": e.hosts_for(s),
-                        "release": current.get(&(s.clone(), e.name.clone())),
-                    }))
-                    .collect::<Vec<_>>()
-            );
-            v
-        })
-        .collect();
-    // Services run in plinth.toml's environments and in live ones made on request.
-    let declared: Vec<String> =
-        policy.as_ref().map(|p| p.config.environments.keys().cloned().collect()).unwrap_or_default();
-    let live: std::collections::HashSet<String> =
-        state.store.live_environment_names().await?.into_iter().chain(declared).collect();
-    let services: Vec<serde_json::Value> = current
-        .iter()
-        .filter(|((_, env), _)| live.contains(env))
-        .filter(|((_, env), _)| product.is_none() || envs.iter().any(|e| &e.name == env))
-        .map(|((service, environment), release)| serde_json::json!({"service": service, "environment": environment, "release": release}))
-        .collect();
-    let stacks: Vec<serde_json::Value> = if product.is_some() {
-        Vec::new()
+/// A page of environments, and where the next one starts.
+#[derive(serde::Serialize)]
+struct EnvList {
+    environments: Vec<EnvRecord>,
+    next: Option<String>,
+}
+
+/// One page of environments under `filter`, and the name to page on from, if more follow.
+async fn page(state: &AppState, filter: &EnvFilter) -> Result<(Vec<EnvRecord>, Option<String>), ApiError> {
+    let limit = filter.limit.unwrap_or(u32::MAX);
+    let mut ask = filter.clone();
+    ask.limit = Some(limit.saturating_add(1));
+    let mut envs = state.store.environments(&ask).await?;
+    let next = if envs.len() > limit as usize {
+        envs.truncate(limit as usize);
+        envs.last().map(|e| e.name.clone())
     } else {
-        state
-            .store
-            .last_applies()
-            .await?
-            .into_iter()
-            .map(|r| {
-                serde_json::json!({
-                    "stack": r.stack, "environment": r.environment, "last_apply": {
-                        "run": r.id, "commit": r.commit, "finished_at": r.finished_at, "destroy": r.destroy,
-                    }
-                })
-            })
-            .collect()
+        None
     };
-    Ok(serde_json::json!({"products": products, "environments": environments, "services": services, "stacks": stacks}))
+    Ok((envs, next))
+}
+
+/// What the catalog shows besides the environments themselves.
+struct CatalogParts {
+    products: Vec<plinth_core::config::Product>,
+    /// The current release of each service in each environment it runs in.
+    current: BTreeMap<(String, String), i64>,
+    stacks: Vec<plinth_core::run::Run>,
+}
+
+/// The catalog's body, serialized straight from the records (no JSON tree in between: at
+/// 10,000 environments that tree cost more than reading the rows).
+#[derive(serde::Serialize)]
+struct Catalog<'a> {
+    products: &'a [plinth_core::config::Product],
+    environments: Vec<CatalogEnv<'a>>,
+    services: Vec<ServiceEntry<'a>>,
+    stacks: Vec<StackEntry<'a>>,
+    next: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct Export<'a> {
+    #[serde(flatten)]
+    catalog: Catalog<'a>,
+    requests: Vec<EnvRequest>,
+    exported_at: plinth_core::time::Timestamp,
+}
+
+#[derive(serde::Serialize)]
+struct CatalogEnv<'a> {
+    #[serde(flatten)]
+    env: &'a EnvRecord,
+    /// Its services with their hosts and current release.
+    releases: Vec<ServiceRelease<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct ServiceRelease<'a> {
+    service: &'a str,
+    hosts: Vec<String>,
+    release: Option<i64>,
+}
+
+#[derive(serde::Serialize)]
+struct ServiceEntry<'a> {
+    service: &'a str,
+    environment: &'a str,
+    release: i64,
+}
+
+#[derive(serde::Serialize)]
+struct StackEntry<'a> {
+    stack: &'a str,
+    environment: Option<&'a str>,
+    last_apply: LastApply<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct LastApply<'a> {
+    run: i64,
+    commit: &'a str,
+    finished_at: Option<plinth_core::time::Timestamp>,
+    destroy: bool,
+}
+
+impl CatalogParts {
+    async fn read(state: &AppState, envs: &[EnvRecord], product: Option<&str>) -> Result<CatalogParts, ApiError> {
+        let policy = crate::policy::current(state).await.ok();
+        let products = policy
+            .as_ref()
+            .map(|p| {
+                p.config.products.values().filter(|p| product.is_none_or(|want| want == p.name)).cloned().collect()
+            })
+            .unwrap_or_default();
+        let deployed = state.store.current_deployments().await?;
+        // Services run in plinth.toml's environments and in live ones made on request. With a
+        // product, only its environments (those listed) count.
+        let declared = |env: &str| policy.as_ref().is_some_and(|p| p.config.environments.contains_key(env));
+        let keep: std::collections::HashSet<String> = match product {
+            Some(_) => envs.iter().filter(|e| e.status.is_live()).map(|e| e.name.clone()).collect(),
+            None => state.store.live_environment_names().await?.into_iter().collect(),
+        };
+        let current = deployed
+            .into_iter()
+            .filter(|d| keep.contains(&d.environment) || (product.is_none() && declared(&d.environment)))
+            .map(|d| ((d.service, d.environment), d.release_id))
+            .collect();
+        let stacks = if product.is_some() { Vec::new() } else { state.store.last_applies().await? };
+        Ok(CatalogParts { products, current, stacks })
+    }
+
+    fn catalog<'a>(&'a self, envs: &'a [EnvRecord], next: Option<&'a str>) -> Catalog<'a> {
+        let environments = envs
+            .iter()
+            .map(|e| CatalogEnv {
+                env: e,
+                releases: e
+                    .services
+                    .iter()
+                    .map(|s| ServiceRelease {
+                        service: s,
+                        hosts: e.hosts_for(s),
+                        release: self.current.get(&(s.clone(), e.name.clone())).copied(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let services = self
+            .current
+            .iter()
+            .map(|((service, environment), release)| ServiceEntry { service, environment, release: *release })
+            .collect();
+        let stacks = self
+            .stacks
+            .iter()
+            .map(|r| StackEntry {
+                stack: &r.stack,
+                environment: r.environment.as_deref(),
+                last_apply: LastApply { run: r.id, commit: &r.commit, finished_at: r.finished_at, destroy: r.destroy },
+            })
+            .collect();
+        Catalog { products: &self.products, environments, services, stacks, next }
+    }
 }

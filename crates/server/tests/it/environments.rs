@@ -459,6 +459,18 @@ async fn blocks_never_overlap_under_concurrent_requests_and_a_full_pool_says_so(
     blocks.sort();
     assert_eq!(blocks, ["10.20.0.0/24", "10.20.1.0/24", "10.20.2.0/24", "10.20.3.0/24"]);
     assert_eq!(full, 2);
+    // Lists page by name, and say where the next page starts.
+    let names = |body: &Value| -> Vec<String> {
+        body["environments"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_owned()).collect()
+    };
+    let first = server.get("/api/v1/environments?limit=3").await;
+    assert_eq!(first["next"], names(&first)[2], "{first:#}");
+    let rest = server.get(&format!("/api/v1/catalog?limit=3&after={}", first["next"].as_str().unwrap())).await;
+    assert!(rest["next"].is_null(), "{rest:#}");
+    let mut all = names(&first);
+    all.extend(names(&rest));
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
     server.stop().await;
 }
 
