@@ -715,3 +715,47 @@ async fn kept_roots_are_committed_to_a_branch_when_asked() {
     assert_eq!(log.lines().count(), 2, "{log}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_in_an_environment_that_needs_approval_waits_for_an_approver() {
+    let markers = tempfile::tempdir().unwrap();
+    let config = format!("{CONFIG}\n[environments.guarded]\napproval = true\napprovers = [\"sre\"]\n");
+    let mut server = setup(&config, markers.path()).await;
+    server.repo.write("templates/guarded/main.tf", MODULE);
+    server.repo.write(
+        "templates/guarded/template.toml",
+        &web_template("guarded").replace("environment = \"sandbox\"", "environment = \"guarded\""),
+    );
+    let commit = server.repo.commit("a guarded template");
+    eventually("the guarded template", LONG, || async {
+        let events = server.get("/api/v1/events").await;
+        events["events"].as_array().unwrap().iter().any(|e| e["commit"] == commit.as_str()).then_some(())
+    })
+    .await;
+    let params = json!({"marker_dir": markers.path().display().to_string(), "app_name": "g"});
+    let answer = create(&server, "guarded", "guarded-1", params).await;
+    assert_eq!(answer.status, 202, "{}", answer.text);
+    // The apply waits for the template environment's approvers; nothing is made meanwhile.
+    let run = eventually("the run to wait for approval", LONG, || async {
+        let body = server.get("/api/v1/environments/guarded-1").await;
+        let id = body["requests"][0]["runs"][0].as_i64()?;
+        let run = server.run(id).await;
+        (run.status.as_str() == "awaiting_approval").then_some(run)
+    })
+    .await;
+    assert_eq!(run.environment.as_deref(), Some("guarded"));
+    assert!(!markers.path().join("guarded-1").exists());
+    let body = server.get("/api/v1/environments/guarded-1").await;
+    assert_eq!(body["environment"]["status"], "provisioning");
+    let developer = server.token("dev", &["developer"]).await;
+    let refused = server.post(&format!("/api/v1/runs/{}/approve", run.id), &developer, json!({})).await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    let sre = server.token("sre-1", &["sre"]).await;
+    let approved = server.post(&format!("/api/v1/runs/{}/approve", run.id), &sre, json!({})).await;
+    assert!(approved.status < 300, "{}", approved.text);
+    let body = ended(&server, "guarded-1", answer.body["request"]["id"].as_i64().unwrap()).await;
+    assert_eq!(body["environment"]["status"], "ready", "{body:#}");
+    assert_eq!(read(&markers.path().join("guarded-1/app_name")), "g");
+    assert_eq!(server.run(run.id).await.approved_by.as_deref(), Some("sre-1"));
+    server.stop().await;
+}
