@@ -147,23 +147,43 @@ async fn force_unlock_state(
             "Copy the lock ID from terraform's error in the run's log.",
         ));
     }
-    let (commit, loaded) = main_stacks(state).await?;
-    let Some(found) = loaded.stacks.get(stack).cloned() else {
-        return Err(ApiError::not_found(
-            "stack.not_found",
-            format!("there is no stack `{stack}` on the main branch"),
-            "List stacks with `plinth stacks list`.",
-        ));
-    };
     let scratch = tempfile_dir(&state.paths.workspaces, "unlock-")?;
     let dir = scratch.join(plinth_core::stack::state_dir_name(stack));
     let checkout = dir.join("checkout");
-    crate::runner::checkout(state, &commit, stack, &checkout).await.map_err(ApiError::internal)?;
-    let stack_dir = if found.dir.is_empty() { checkout.clone() } else { checkout.join(&found.dir) };
-    crate::runner::keep_state_locally(state, stack, &stack_dir).await.map_err(ApiError::internal)?;
+    // An environment made on request works from its kept root; a stack of the repo from the
+    // main branch's head.
+    let made = match stack.strip_prefix("env/") {
+        Some(name) => state.store.environment(name).await?.filter(|e| e.status.is_live()),
+        None => None,
+    };
+    let (stack_dir, binary, environment, workspace, commit) = match &made {
+        Some(env) => {
+            crate::environments::copy_dir(&state.paths.kept_root(env.id), &checkout)
+                .await
+                .map_err(ApiError::internal)?;
+            let workspace = workspace.map(str::to_owned).or_else(|| env.workspace.clone());
+            let commit = env.template_commit.clone();
+            (checkout.clone(), env.terraform.clone(), Some(env.policy_environment.clone()), workspace, commit)
+        }
+        None => {
+            let (commit, loaded) = main_stacks(state).await?;
+            let Some(found) = loaded.stacks.get(stack).cloned() else {
+                return Err(ApiError::not_found(
+                    "stack.not_found",
+                    format!("there is no stack `{stack}` on the main branch"),
+                    "List stacks with `plinth stacks list`.",
+                ));
+            };
+            crate::runner::checkout(state, &commit, stack, &checkout).await.map_err(ApiError::internal)?;
+            let stack_dir = if found.dir.is_empty() { checkout.clone() } else { checkout.join(&found.dir) };
+            crate::runner::keep_state_locally(state, stack, &stack_dir).await.map_err(ApiError::internal)?;
+            (stack_dir, found.terraform.clone(), found.environment.clone(), workspace.map(str::to_owned), commit)
+        }
+    };
+    let workspace = workspace.as_deref();
     let env = base_env(&dir.join("home"), &dir.join("tmp"), &state.paths.plugin_cache)
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let terraform = Terraform::new(found.terraform.clone(), env);
+    let terraform = Terraform::new(binary, env);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
     // The backend may need credentials to release its lock: the stack's secrets, as a run on
@@ -171,10 +191,10 @@ async fn force_unlock_state(
     let main = crate::policy::current(state).await.map(|p| p.config.main_branch).ok();
     let to = crate::secrets::Recipient {
         stack,
-        environment: found.environment.as_deref(),
+        environment: environment.as_deref(),
         branch: main.as_deref(),
         object: format!("stack/{stack}/force-unlock"),
-        on_request: false,
+        on_request: made.is_some(),
     };
     let handed = crate::secrets::hand(state, &to, "force-unlock").await.map_err(ApiError::internal)?;
     let mut extra = vec![("TF_VAR_plinth_state_dir".to_owned(), state.paths.state.display().to_string())];

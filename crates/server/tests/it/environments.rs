@@ -274,6 +274,14 @@ async fn an_environment_is_made_from_a_template_with_its_values_byte_for_byte() 
     );
     assert_eq!(catalog["products"][0]["owner"], "team-shop");
 
+    // Terraform's own state lock of an environment is released from its kept root, like a
+    // stack's from the main branch (a local backend has no lock held by another process).
+    let answer = server
+        .post("/api/v1/stacks/unlock", &server.admin, json!({"stack": "env/shop-dev1", "state_lock": "0123-abcd"}))
+        .await;
+    assert_ne!(answer.status, 404, "{}", answer.text);
+    assert!(answer.text.contains("force-unlock"), "terraform ran in the kept root: {}", answer.text);
+
     // A plan of an update shows what would change and changes nothing.
     let kept_before = read(&root.join("terraform.tfvars.json"));
     let answer = server
