@@ -57,10 +57,13 @@ struct Wait {
 enum EnvCommand {
     /// Create an environment from a template: checked, then queued for its account.
     Create {
+        /// The template, a directory `templates/NAME/` on the main branch (`plinth templates list`).
         #[arg(long)]
         template: String,
+        /// The product it belongs to, a `[products.NAME]` of plinth.toml.
         #[arg(long)]
         product: String,
+        /// Its name: lowercase letters, digits and `-`; it becomes part of its host name.
         #[arg(long)]
         name: String,
         /// A parameter value, `NAME=VALUE` (repeat for several).
