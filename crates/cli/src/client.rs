@@ -9,7 +9,9 @@ use serde::de::DeserializeOwned;
 
 use crate::output::{Failure, Format};
 
-/// Where the server is and who we are; shared by every client command.
+// Where the server is and who we are; shared by every client command. A plain comment, not a
+// doc comment: clap would take a doc comment as the description of every command that
+// flattens this, in place of the command's own (main.rs defers building subcommands).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
     /// The server's URL.

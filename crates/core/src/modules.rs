@@ -130,9 +130,9 @@ pub trait ModuleLookup {
             }
         }
         while next < out.len() {
-            let current = out[next].clone();
+            let users = self.direct_users(&out[next]);
             next += 1;
-            for user in self.direct_users(&current) {
+            for user in users {
                 if seen.insert(user.clone()) {
                     out.push(user);
                 }
@@ -262,43 +262,16 @@ impl ModuleGraph {
 
     /// The compact binary form that [`ModuleIndex`] reads, for caching between runs.
     pub fn encode(&self) -> Vec<u8> {
-        let mut strings = StringTable::default();
-        let mut refs: Vec<u32> = Vec::new();
-        let mut forward: Vec<[u32; 5]> = Vec::with_capacity(self.dirs.len());
-        for (dir, modules) in &self.dirs {
-            let dir_id = strings.id(dir);
-            let uses_start = refs.len() as u32;
-            refs.extend(modules.uses.iter().map(|m| strings.id(m)));
-            let problems_start = refs.len() as u32;
-            refs.extend(modules.problems.iter().map(|p| strings.id(p)));
-            forward.push([
-                dir_id,
-                uses_start,
-                modules.uses.len() as u32,
-                problems_start,
-                modules.problems.len() as u32,
-            ]);
-        }
-        let mut reverse: Vec<[u32; 3]> = Vec::with_capacity(self.users.len());
-        for (module, users) in &self.users {
-            let module_id = strings.id(module);
-            let start = refs.len() as u32;
-            refs.extend(users.iter().map(|u| strings.id(u)));
-            reverse.push([module_id, start, users.len() as u32]);
-        }
-        let mut body = Vec::with_capacity(strings.pool.len() + 4 * (refs.len() + 5 * forward.len() + 8));
-        for word in forward.iter().flatten().chain(reverse.iter().flatten()).chain(refs.iter()) {
-            body.extend_from_slice(&word.to_le_bytes());
-        }
-        for (offset, len) in &strings.spans {
-            body.extend_from_slice(&offset.to_le_bytes());
-            body.extend_from_slice(&len.to_le_bytes());
-        }
-        body.extend_from_slice(strings.pool.as_bytes());
-
+        let mut body = Vec::new();
+        let dirs = write_table(&mut body, self.dirs.iter().map(|(d, m)| (d.as_str(), m.uses.as_slice())));
+        let users = write_table(&mut body, self.users.iter().map(|(m, u)| (m.as_str(), u.as_slice())));
+        let problems = write_table(
+            &mut body,
+            self.dirs.iter().filter(|(_, m)| !m.problems.is_empty()).map(|(d, m)| (d.as_str(), m.problems.as_slice())),
+        );
         let mut header = Vec::new();
-        for n in [forward.len(), reverse.len(), refs.len(), strings.spans.len(), strings.pool.len()] {
-            header.extend_from_slice(&(n as u32).to_le_bytes());
+        for table in [dirs, users, problems] {
+            table.write(&mut header);
         }
         for block in body.chunks(INDEX_BLOCK) {
             header.extend_from_slice(&checksum(block).to_le_bytes());
@@ -331,30 +304,168 @@ impl ModuleLookup for ModuleGraph {
     }
 }
 
-const INDEX_MAGIC: &[u8] = b"plinth-modules-v4\n";
+const INDEX_MAGIC: &[u8] = b"plinth-modules-v5\n";
 
-/// The body of an index is checked in blocks of this size, each when first read.
+/// The body of an index is checked in blocks of this size, each when first read. A record that
+/// fits in a block never straddles two, so most lookups read one block.
 const INDEX_BLOCK: usize = 4096;
 
-/// Interns strings into one pool while encoding.
-#[derive(Default)]
-struct StringTable {
-    ids: HashMap<String, u32>,
-    spans: Vec<(u32, u32)>,
-    pool: String,
+/// The index's tables, in the order they are written: every directory with the modules it uses,
+/// every module with the directories using it, and the directories whose files did not parse.
+#[derive(Clone, Copy, Debug)]
+enum Table {
+    Dirs = 0,
+    Users = 1,
+    Problems = 2,
 }
 
-impl StringTable {
-    fn id(&mut self, s: &str) -> u32 {
-        if let Some(&id) = self.ids.get(s) {
-            return id;
+/// One table as it is written: records sorted by key, each
+/// `[key length][key][list length in bytes][each item: [length][bytes]]`, lengths as `u32`
+/// little-endian, padded so that a record never crosses into the next block when it fits in
+/// one. A fence is kept for the first record starting in each block, so that a lookup can
+/// find its block from the header alone.
+struct TableWriter<'a> {
+    start: usize,
+    end: usize,
+    records: usize,
+    /// `(offset in the body, records from here to the next fence, key)`.
+    fences: Vec<(usize, usize, &'a str)>,
+    last: &'a str,
+}
+
+fn push_u32(out: &mut Vec<u8>, n: usize) {
+    // Lengths come from paths and parser messages; none comes near 4 GiB.
+    out.extend_from_slice(&(n as u32).to_le_bytes());
+}
+
+fn write_table<'a>(body: &mut Vec<u8>, records: impl Iterator<Item = (&'a str, &'a [String])>) -> TableWriter<'a> {
+    let mut table = TableWriter { start: body.len(), end: 0, records: 0, fences: Vec::new(), last: "" };
+    for (key, items) in records {
+        let items_len: usize = items.iter().map(|i| 4 + i.len()).sum();
+        let len = 8 + key.len() + items_len;
+        let room = INDEX_BLOCK - body.len() % INDEX_BLOCK;
+        if len <= INDEX_BLOCK && len > room {
+            body.resize(body.len() + room, 0);
         }
-        let id = self.spans.len() as u32;
-        self.spans.push((self.pool.len() as u32, s.len() as u32));
-        self.pool.push_str(s);
-        self.ids.insert(s.to_owned(), id);
-        id
+        let block = body.len() / INDEX_BLOCK;
+        match table.fences.last_mut() {
+            Some((offset, count, _)) if *offset / INDEX_BLOCK == block => *count += 1,
+            _ => table.fences.push((body.len(), 1, key)),
+        }
+        push_u32(body, key.len());
+        body.extend_from_slice(key.as_bytes());
+        push_u32(body, items_len);
+        for item in items {
+            push_u32(body, item.len());
+            body.extend_from_slice(item.as_bytes());
+        }
+        table.records += 1;
+        table.last = key;
     }
+    table.end = body.len();
+    table
+}
+
+impl TableWriter<'_> {
+    /// `[start][end][records][fence count][each fence: [offset][records][key length][key]]`
+    /// `[last key length][last key]`.
+    fn write(&self, header: &mut Vec<u8>) {
+        for n in [self.start, self.end, self.records, self.fences.len()] {
+            push_u32(header, n);
+        }
+        for (offset, count, key) in &self.fences {
+            push_u32(header, *offset);
+            push_u32(header, *count);
+            push_u32(header, key.len());
+            header.extend_from_slice(key.as_bytes());
+        }
+        push_u32(header, self.last.len());
+        header.extend_from_slice(self.last.as_bytes());
+    }
+}
+
+/// Reads a header or a record front to back; `None` past the end.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn u32(&mut self) -> Option<usize> {
+        let b = self.bytes.get(self.at..self.at.checked_add(4)?)?;
+        self.at += 4;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+
+    /// The next `len` bytes, as a range of the whole.
+    fn skip(&mut self, len: usize) -> Option<std::ops::Range<usize>> {
+        let end = self.at.checked_add(len).filter(|end| *end <= self.bytes.len())?;
+        let range = self.at..end;
+        self.at = end;
+        Some(range)
+    }
+
+    /// The next record: its key, and its list's bytes.
+    fn record(&mut self) -> Option<(&'a [u8], &'a [u8])> {
+        let key_len = self.u32()?;
+        let key = self.skip(key_len)?;
+        let items_len = self.u32()?;
+        let items = self.skip(items_len)?;
+        Some((&self.bytes[key], &self.bytes[items]))
+    }
+}
+
+/// A record's list: the items, or `None` if they do not parse.
+fn items(bytes: &[u8]) -> Option<Vec<String>> {
+    let mut cursor = Cursor { bytes, at: 0 };
+    let mut out = Vec::new();
+    while cursor.at < bytes.len() {
+        let len = cursor.u32()?;
+        let item = cursor.skip(len)?;
+        out.push(std::str::from_utf8(&bytes[item]).ok()?.to_owned());
+    }
+    Some(out)
+}
+
+/// Where a table's records are, and its fences; keys are ranges of the header.
+#[derive(Debug, Default)]
+struct TableIndex {
+    start: usize,
+    end: usize,
+    records: usize,
+    /// `(offset in the body, records from here to the next fence, key)`.
+    fences: Vec<(usize, usize, std::ops::Range<usize>)>,
+    last: std::ops::Range<usize>,
+}
+
+impl TableIndex {
+    fn read(header: &mut Cursor<'_>, start: usize) -> Option<Self> {
+        let (table_start, end, records, fence_count) = (header.u32()?, header.u32()?, header.u32()?, header.u32()?);
+        if table_start != start || end < start {
+            return None;
+        }
+        let mut fences = Vec::with_capacity(fence_count.min(header.bytes.len() / 12));
+        let mut counted = 0;
+        for _ in 0..fence_count {
+            let (offset, count) = (header.u32()?, header.u32()?);
+            let key_len = header.u32()?;
+            let key = header.skip(key_len)?;
+            if offset < fences.last().map_or(start, |f: &(usize, usize, _)| f.0 + 1) || offset >= end {
+                return None;
+            }
+            counted += count;
+            fences.push((offset, count, key));
+        }
+        let last_len = header.u32()?;
+        let last = header.skip(last_len)?;
+        (counted == records).then_some(TableIndex { start, end, records, fences, last })
+    }
+}
+
+/// Fills `buf` from `offset` of a source; used by [`ModuleIndex`].
+fn fill(source: &impl IndexSource, offset: u64, len: usize) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    source.read_exact_at(offset, &mut buf).then_some(buf)
 }
 
 /// A fast checksum that catches damaged cache files; not meant to resist tampering.
@@ -399,9 +510,10 @@ impl IndexSource for Vec<u8> {
 /// A body block: `None` until read, then `Some(None)` if it failed its check.
 type BlockState = Option<Option<Box<[u8]>>>;
 
-/// A cached module graph, read on demand: opening it reads and checks only a small header, each
-/// block of the body is read and checked the first time a lookup needs it, and lookups are
-/// binary searches. So the cost of a run does not grow with the size of the repository.
+/// A cached module graph, read on demand: opening it reads and checks the header, which holds
+/// the first key of each block of each table; each block of the body is read and checked the
+/// first time a lookup needs it, and a lookup reads the one block its key can be in. So the cost
+/// of a run does not grow with the size of the repository.
 ///
 /// A block that fails its check marks the index damaged; callers check
 /// [`ModuleIndex::is_damaged`] after their lookups and start over without the cache.
@@ -414,19 +526,20 @@ pub struct ModuleIndex<S: IndexSource = Vec<u8>> {
     /// Blocks read so far, by number: `None` unread, `Some(None)` damaged.
     blocks: std::cell::RefCell<Vec<BlockState>>,
     damaged: std::cell::Cell<bool>,
-    /// Reverse-table lookups so far: a change's paths share most of their ancestors.
-    seen_modules: std::cell::RefCell<HashMap<String, Option<[u32; 3]>>>,
-    forward: (usize, usize),
-    reverse: (usize, usize),
-    refs: (usize, usize),
-    strings: (usize, usize),
-    /// Where the string pool starts in the body.
-    pool: usize,
+    /// The header, which holds the fences' keys.
+    header: Box<[u8]>,
+    tables: [TableIndex; 3],
+    /// Modules looked up so far, with their users: a change's paths share most of their
+    /// ancestors, and the users of a module are asked again for each module below it.
+    seen_modules: std::cell::RefCell<HashMap<String, Option<Vec<String>>>>,
 }
 
 impl<S: IndexSource> std::fmt::Debug for ModuleIndex<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModuleIndex").field("dirs", &self.forward.1).field("modules", &self.reverse.1).finish()
+        f.debug_struct("ModuleIndex")
+            .field("dirs", &self.tables[Table::Dirs as usize].records)
+            .field("modules", &self.tables[Table::Users as usize].records)
+            .finish()
     }
 }
 
@@ -434,53 +547,44 @@ impl<S: IndexSource> ModuleIndex<S> {
     /// Opens [`ModuleGraph::encode`]'s output; `None` if its header is damaged or from another
     /// version.
     pub fn open(source: S) -> Option<Self> {
-        let mut fixed = vec![0u8; INDEX_MAGIC.len() + 12];
-        if !source.read_exact_at(0, &mut fixed) || !fixed.starts_with(INDEX_MAGIC) {
-            return None;
-        }
-        let rest = &fixed[INDEX_MAGIC.len()..];
+        let fixed = fill(&source, 0, INDEX_MAGIC.len() + 12)?;
+        let rest = fixed.strip_prefix(INDEX_MAGIC)?;
         let header_len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         let header_sum = u64::from_le_bytes([rest[4], rest[5], rest[6], rest[7], rest[8], rest[9], rest[10], rest[11]]);
-        if header_len < 20 || !(header_len - 20).is_multiple_of(8) || header_len as u64 > source.size() {
+        if header_len as u64 > source.size() {
             return None;
         }
-        let mut header = vec![0u8; header_len];
-        if !source.read_exact_at(fixed.len() as u64, &mut header) || checksum(&header) != header_sum {
+        let header = fill(&source, fixed.len() as u64, header_len)?;
+        if checksum(&header) != header_sum {
             return None;
         }
-        let n: Vec<usize> =
-            header[..20].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
-        let (n_forward, n_reverse, n_refs, n_strings, pool_len) = (n[0], n[1], n[2], n[3], n[4]);
-        let checksums: Vec<u64> = header[20..]
+        let mut cursor = Cursor { bytes: &header, at: 0 };
+        let dirs = TableIndex::read(&mut cursor, 0)?;
+        let users = TableIndex::read(&mut cursor, dirs.end)?;
+        let problems = TableIndex::read(&mut cursor, users.end)?;
+        let body_len = problems.end;
+        let checksums: Vec<u64> = header[cursor.at..]
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
             .collect();
-        let word_count = n_forward.checked_mul(5)? + n_reverse.checked_mul(3)? + n_refs + n_strings.checked_mul(2)?;
-        let pool = word_count.checked_mul(4)?;
         let body = (fixed.len() + header_len) as u64;
-        let body_len = (pool + pool_len) as u64;
-        if body.checked_add(body_len)? != source.size() || checksums.len() != (body_len as usize).div_ceil(INDEX_BLOCK)
+        if !(header.len() - cursor.at).is_multiple_of(8)
+            || body.checked_add(body_len as u64)? != source.size()
+            || checksums.len() != body_len.div_ceil(INDEX_BLOCK)
         {
             return None;
         }
-        let forward = (0, n_forward);
-        let reverse = (n_forward * 5, n_reverse);
-        let refs = (reverse.0 + n_reverse * 3, n_refs);
-        let strings = (refs.0 + n_refs, n_strings);
         let blocks = std::cell::RefCell::new(vec![None; checksums.len()]);
         Some(ModuleIndex {
             source,
             body,
-            body_len,
+            body_len: body_len as u64,
             checksums,
             blocks,
             damaged: Default::default(),
+            header: header.into_boxed_slice(),
+            tables: [dirs, users, problems],
             seen_modules: Default::default(),
-            forward,
-            reverse,
-            refs,
-            strings,
-            pool,
         })
     }
 
@@ -497,15 +601,14 @@ impl<S: IndexSource> ModuleIndex<S> {
         }
         let start = index * INDEX_BLOCK;
         let len = (self.body_len as usize).saturating_sub(start).min(INDEX_BLOCK);
-        let mut buf = vec![0u8; len];
-        let ok = len > 0
-            && self.source.read_exact_at(self.body + start as u64, &mut buf)
-            && self.checksums.get(index) == Some(&checksum(&buf));
-        if !ok {
+        let read = fill(&self.source, self.body + start as u64, len)
+            .filter(|buf| len > 0 && self.checksums.get(index) == Some(&checksum(buf)));
+        if read.is_none() {
             self.damaged.set(true);
         }
+        let ok = read.is_some();
         if let Some(slot) = self.blocks.borrow_mut().get_mut(index) {
-            *slot = Some(ok.then(|| buf.into_boxed_slice()));
+            *slot = Some(read.map(Vec::into_boxed_slice));
         }
         ok
     }
@@ -540,63 +643,78 @@ impl<S: IndexSource> ModuleIndex<S> {
         Some(f(&joined))
     }
 
-    fn word(&self, i: usize) -> Option<u32> {
-        self.with_bytes(i.checked_mul(4)?, 4, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    fn string_span(&self, id: u32) -> Option<(usize, usize)> {
-        if id as usize >= self.strings.1 {
+    /// Runs `f` on the list of the record keyed `wanted`, if there is one: the fences say
+    /// which block it is in, and only that block is read.
+    fn find<R>(&self, table: Table, wanted: &str, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let t = &self.tables[table as usize];
+        let key = |range: &std::ops::Range<usize>| self.header.get(range.clone()).unwrap_or_default();
+        let wanted = wanted.as_bytes();
+        if t.records == 0 || wanted > key(&t.last) {
             return None;
         }
-        let at = self.strings.0 + 2 * id as usize;
-        Some((self.pool.checked_add(self.word(at)? as usize)?, self.word(at + 1)? as usize))
-    }
-
-    fn string(&self, id: u32) -> Option<String> {
-        let (offset, len) = self.string_span(id)?;
-        self.with_bytes(offset, len, |b| std::str::from_utf8(b).ok().map(str::to_owned))?
-    }
-
-    fn entry<const N: usize>(&self, table: (usize, usize), i: usize) -> Option<[u32; N]> {
-        let at = table.0 + N * i;
-        let mut out = [0u32; N];
-        for (k, slot) in out.iter_mut().enumerate() {
-            *slot = self.word(at + k)?;
-        }
-        Some(out)
-    }
-
-    fn list(&self, start: u32, len: u32) -> Option<Vec<String>> {
-        if start as usize + len as usize > self.refs.1 {
-            self.damaged.set(true);
-            return None;
-        }
-        (0..len as usize).map(|k| self.string(self.word(self.refs.0 + start as usize + k)?)).collect()
-    }
-
-    /// Binary search of a table whose first column is a string id, sorted by string.
-    fn find<const N: usize>(&self, table: (usize, usize), wanted: &str) -> Option<[u32; N]> {
-        let (mut lo, mut hi) = (0, table.1);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            let entry: [u32; N] = self.entry(table, mid)?;
-            let (offset, len) = self.string_span(entry[0])?;
-            match self.with_bytes(offset, len, |b| b.cmp(wanted.as_bytes()))? {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(entry),
+        let at = t.fences.partition_point(|(_, _, k)| key(k) <= wanted).checked_sub(1)?;
+        let (offset, count, _) = t.fences[at];
+        let end = t.fences.get(at + 1).map_or(t.end, |next| next.0);
+        let found = self.with_bytes(offset, end - offset, |bytes| {
+            let mut cursor = Cursor { bytes, at: 0 };
+            for _ in 0..count {
+                let Some((k, list)) = cursor.record() else {
+                    return Err(());
+                };
+                match k.cmp(wanted) {
+                    std::cmp::Ordering::Less => {}
+                    std::cmp::Ordering::Equal => return Ok(Some(f(list))),
+                    std::cmp::Ordering::Greater => return Ok(None),
+                }
             }
+            Ok(None)
+        })?;
+        found.unwrap_or_else(|()| {
+            self.damaged.set(true);
+            None
+        })
+    }
+
+    /// The list of the record keyed `wanted`; empty when there is none.
+    fn list(&self, table: Table, wanted: &str) -> Vec<String> {
+        self.find(table, wanted, items)
+            .map(|list| {
+                list.unwrap_or_else(|| {
+                    self.damaged.set(true);
+                    Vec::new()
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every record of a table, in key order; `None` if damaged.
+    fn all(&self, table: Table) -> Option<Vec<(String, Vec<String>)>> {
+        let t = &self.tables[table as usize];
+        let records = self.with_bytes(t.start, t.end - t.start, |bytes| {
+            let mut out = Vec::with_capacity(t.records);
+            for (offset, count, _) in &t.fences {
+                let mut cursor = Cursor { bytes, at: offset - t.start };
+                for _ in 0..*count {
+                    let (key, list) = cursor.record()?;
+                    out.push((std::str::from_utf8(key).ok()?.to_owned(), items(list)?));
+                }
+            }
+            Some(out)
+        })?;
+        if records.is_none() {
+            self.damaged.set(true);
         }
-        None
+        records
     }
 
     /// Reads the whole index back into a graph that can be updated; `None` if damaged.
     pub fn to_graph(&self) -> Option<ModuleGraph> {
         let mut graph = ModuleGraph::default();
-        for i in 0..self.forward.1 {
-            let e: [u32; 5] = self.entry(self.forward, i)?;
-            let dir = self.string(e[0])?;
-            graph.dirs.insert(dir, DirModules { uses: self.list(e[1], e[2])?, problems: self.list(e[3], e[4])? });
+        for (dir, uses) in self.all(Table::Dirs)? {
+            graph.dirs.insert(dir, DirModules { uses, problems: Vec::new() });
+        }
+        for (dir, problems) in self.all(Table::Problems)? {
+            graph.dirs.get_mut(&dir)?.problems = problems;
         }
         graph.rebuild_users();
         Some(graph)
@@ -604,31 +722,38 @@ impl<S: IndexSource> ModuleIndex<S> {
 }
 
 impl<S: IndexSource> ModuleIndex<S> {
-    fn module_entry(&self, dir: &str) -> Option<[u32; 3]> {
-        if let Some(found) = self.seen_modules.borrow().get(dir) {
-            return *found;
+    /// Runs `f` on the users of `module`, or on `None` if it is not a module.
+    fn with_users<R>(&self, module: &str, f: impl FnOnce(Option<&Vec<String>>) -> R) -> R {
+        if let Some(found) = self.seen_modules.borrow().get(module) {
+            return f(found.as_ref());
         }
-        let found = self.find::<3>(self.reverse, dir);
-        self.seen_modules.borrow_mut().insert(dir.to_owned(), found);
-        found
+        let found = self.find(Table::Users, module, items).map(|list| {
+            list.unwrap_or_else(|| {
+                self.damaged.set(true);
+                Vec::new()
+            })
+        });
+        let result = f(found.as_ref());
+        self.seen_modules.borrow_mut().insert(module.to_owned(), found);
+        result
     }
 }
 
 impl<S: IndexSource> ModuleLookup for ModuleIndex<S> {
     fn is_module(&self, dir: &str) -> bool {
-        self.module_entry(dir).is_some()
+        self.with_users(dir, |users| users.is_some())
     }
 
     fn direct_users(&self, module: &str) -> Vec<String> {
-        self.module_entry(module).and_then(|e| self.list(e[1], e[2])).unwrap_or_default()
+        self.with_users(module, |users| users.cloned().unwrap_or_default())
     }
 
     fn uses(&self, dir: &str) -> Vec<String> {
-        self.find::<5>(self.forward, dir).and_then(|e| self.list(e[1], e[2])).unwrap_or_default()
+        self.list(Table::Dirs, dir)
     }
 
     fn problems(&self, dir: &str) -> Vec<String> {
-        self.find::<5>(self.forward, dir).and_then(|e| self.list(e[3], e[4])).unwrap_or_default()
+        self.list(Table::Problems, dir)
     }
 }
 
@@ -718,6 +843,79 @@ mod tests {
         graph.update(&tree, ["terraform/stg", "modules/net"]).unwrap();
         assert_eq!(graph, ModuleGraph::build(&tree).unwrap());
         assert_eq!(graph.modules_of("terraform/stg"), Vec::<String>::new());
+    }
+
+    /// An index source that counts the reads made after opening.
+    struct Counted {
+        bytes: Vec<u8>,
+        reads: std::cell::Cell<usize>,
+    }
+
+    impl IndexSource for Counted {
+        fn size(&self) -> u64 {
+            self.bytes.size()
+        }
+
+        fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> bool {
+            self.reads.set(self.reads.get() + 1);
+            self.bytes.read_exact_at(offset, buf)
+        }
+    }
+
+    #[test]
+    fn a_large_index_answers_like_the_graph_reading_one_block_a_lookup() {
+        let mut graph = ModuleGraph::default();
+        for m in 0..100 {
+            graph.dirs.insert(format!("modules/m{m:03}"), DirModules::default());
+        }
+        for i in 0..3000 {
+            // The first 400 stacks share a module whose list of users is longer than a block.
+            let mut uses = vec![format!("modules/m{:03}", i % 100)];
+            if i < 400 {
+                uses.push("modules/shared".to_owned());
+            }
+            graph.dirs.insert(format!("stacks/s{i:04}"), DirModules { uses, problems: Vec::new() });
+        }
+        graph.dirs.get_mut("stacks/s0007").unwrap().problems.push(format!("main.tf:1:1: {}", "x".repeat(5000)));
+        graph.dirs.get_mut("stacks/s2999").unwrap().problems.push("main.tf:2:1: broken".to_owned());
+        graph.rebuild_users();
+        let bytes = graph.encode();
+        let open = || ModuleIndex::open(Counted { bytes: bytes.clone(), reads: Default::default() }).unwrap();
+
+        let index = open();
+        let mut dirs: Vec<String> = graph.dirs.keys().cloned().collect();
+        dirs.extend(
+            ["", "a", "modules", "modules/m0500", "modules/shared", "stacks/s0001/config", "zzz"].map(String::from),
+        );
+        for dir in &dirs {
+            assert_eq!(index.uses(dir), graph.uses(dir), "{dir}");
+            assert_eq!(index.direct_users(dir), graph.direct_users(dir), "{dir}");
+            assert_eq!(index.is_module(dir), graph.is_module(dir), "{dir}");
+            assert_eq!(index.problems(dir), graph.problems(dir), "{dir}");
+        }
+        assert!(!index.is_damaged());
+        assert_eq!(index.to_graph(), Some(graph.clone()));
+
+        // Reads after opening, per lookup: one block, or none when the key is past a table's
+        // last one.
+        type Lookup = fn(&ModuleIndex<Counted>);
+        let lookups: [(&str, Lookup, usize); 5] = [
+            (
+                "a module and its users",
+                |i| assert!(i.is_module("modules/m050") && i.direct_users("modules/m050").len() == 30),
+                1,
+            ),
+            ("a stack's modules", |i| assert_eq!(i.uses("stacks/s1234"), ["modules/m034"]), 1),
+            ("a directory under a stack", |i| assert!(!i.is_module("stacks/s1234/config")), 0),
+            ("problems in a directory", |i| assert_eq!(i.problems("stacks/s2999").len(), 1), 1),
+            ("past the end", |i| assert!(i.uses("zzz").is_empty()), 0),
+        ];
+        for (what, lookup, blocks) in lookups {
+            let index = open();
+            index.source.reads.set(0);
+            lookup(&index);
+            assert_eq!(index.source.reads.get(), blocks, "{what}");
+        }
     }
 
     #[test]

@@ -123,14 +123,14 @@ pub(crate) fn dirty_dirs(changes: &[PathChange]) -> BTreeSet<&str> {
 
 /// A module graph as a run holds it: read from the cache, or built in memory.
 pub(crate) enum Graph {
-    Cached(ModuleIndex<FileSource>),
+    Cached(Box<ModuleIndex<FileSource>>),
     Built(ModuleGraph),
 }
 
 impl Graph {
     pub(crate) fn lookup(&self) -> &dyn ModuleLookup {
         match self {
-            Graph::Cached(index) => index,
+            Graph::Cached(index) => index.as_ref(),
             Graph::Built(graph) => graph,
         }
     }
@@ -159,7 +159,7 @@ pub(crate) fn graphs(
 ) -> Result<(Graph, Option<Graph>), TreeError> {
     let dirty = dirty_dirs(changes);
     let head = match cache.load(head_id) {
-        Some(index) => Graph::Cached(index),
+        Some(index) => Graph::Cached(Box::new(index)),
         None => {
             let from_base = cache.load(base_id).and_then(|base| base.to_graph());
             let graph = match from_base {
@@ -177,7 +177,7 @@ pub(crate) fn graphs(
         return Ok((head, None));
     }
     let base = match cache.load(base_id) {
-        Some(index) => Graph::Cached(index),
+        Some(index) => Graph::Cached(Box::new(index)),
         None => {
             let mut graph = match head.to_graph() {
                 Some(graph) => graph,

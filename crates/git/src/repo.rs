@@ -50,8 +50,9 @@ impl Repo {
         if !path.exists() {
             return Err(not_a_repo(&"the directory does not exist"));
         }
-        let mut repo = gix::discover(path).map_err(|e| not_a_repo(&e))?;
-        repo.object_cache_size_if_unset(16 * 1024 * 1024);
+        // No object cache: `GitTree` keeps the trees it decodes, and a run reads each other
+        // object once, so a cache would only copy every object into it.
+        let repo = gix::discover(path).map_err(|e| not_a_repo(&e))?;
         Ok(Repo { repo })
     }
 
@@ -187,6 +188,7 @@ pub struct GitTree<'r> {
 }
 
 /// A decoded tree object: its entry names in one buffer, and each entry's id and mode.
+#[derive(Default)]
 struct Listing {
     names: String,
     entries: Vec<(std::ops::Range<usize>, ObjectId, gix::objs::tree::EntryMode)>,
@@ -244,15 +246,26 @@ impl GitTree<'_> {
         if let Some(listing) = self.listings.borrow().get(&id) {
             return Ok(listing.clone());
         }
-        let mut listing = Listing { names: String::new(), entries: Vec::new() };
+        let mut listing = Listing::default();
         if !id.is_empty_tree() {
             let tree = self.repo.find_tree(id).map_err(tree_error)?;
-            let decoded = tree.decode().map_err(tree_error)?;
-            for entry in &decoded.entries {
+            // An entry takes at least 28 bytes of the object (a mode, a space, a name, a NUL and
+            // a 20-byte id), so these bound what the listing needs; the rest is given back below.
+            listing.names.reserve(tree.data.len());
+            listing.entries.reserve(tree.data.len() / 28);
+            for entry in gix::objs::TreeRefIter::from_bytes(&tree.data, self.repo.object_hash()) {
+                let entry = entry.map_err(tree_error)?;
                 let start = listing.names.len();
-                listing.names.push_str(&entry.filename.to_str_lossy());
+                match std::str::from_utf8(entry.filename) {
+                    Ok(name) => listing.names.push_str(name),
+                    Err(_) => listing.names.push_str(&entry.filename.to_str_lossy()),
+                }
                 listing.entries.push((start..listing.names.len(), entry.oid.to_owned(), entry.mode));
             }
+            // Listings stay until the run ends; room left in them would only spread the heap
+            // over more pages.
+            listing.names.shrink_to_fit();
+            listing.entries.shrink_to_fit();
         }
         let listing = Rc::new(listing);
         self.listings.borrow_mut().insert(id, listing.clone());
@@ -442,18 +455,14 @@ fn diff_dirs(
     if base_id == head_id {
         return Ok(());
     }
-    let empty = Rc::new(Listing { names: String::new(), entries: Vec::new() });
-    let old = match base_id {
-        Some(id) => base.listing(id)?,
-        None => empty.clone(),
+    let listing = |tree: &GitTree<'_>, id: Option<ObjectId>| match id {
+        Some(id) => tree.listing(id),
+        None => Ok(Rc::default()),
     };
-    let new = match head_id {
-        Some(id) => head.listing(id)?,
-        None => empty,
-    };
+    let (old, new) = (listing(base, base_id)?, listing(head, head_id)?);
     let mut old_entries = old.iter().peekable();
     let mut new_entries = new.iter().peekable();
-    let path = |name: &str| if prefix.is_empty() { name.to_owned() } else { format!("{prefix}/{name}") };
+    let path = |name: &str| if prefix.is_empty() { name.to_owned() } else { [prefix, "/", name].concat() };
     loop {
         let order = match (old_entries.peek(), new_entries.peek()) {
             (None, None) => break,

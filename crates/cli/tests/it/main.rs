@@ -11,6 +11,7 @@ mod demo_app;
 mod deploy;
 mod environments;
 mod exec;
+mod help;
 mod history;
 mod init;
 mod mapping;
