@@ -49,6 +49,10 @@ pub struct ProxyArgs {
     /// experiment: a current-thread runtime and a `SO_REUSEPORT` listener per thread).
     #[arg(long, value_enum, default_value_t = ProxyRuntime::MultiThread)]
     proxy_runtime: ProxyRuntime,
+    /// plinth's proxy's worker threads (the server runs one per core); nginx keeps
+    /// `worker_processes 2` whatever this says, and the report says when they differ.
+    #[arg(long, default_value_t = WORKERS)]
+    proxy_workers: usize,
     /// Keep nginx's config and logs and the demo app's output under this directory instead of
     /// a temp dir.
     #[arg(long)]
@@ -224,21 +228,21 @@ struct InProcessProxy {
 }
 
 impl InProcessProxy {
-    fn start(backend: SocketAddr, how: ProxyRuntime) -> Result<InProcessProxy> {
+    fn start(backend: SocketAddr, how: ProxyRuntime, workers: usize) -> Result<InProcessProxy> {
         let proxy = Proxy::new(ProxyConfig::default());
         proxy.set_routes(RouteTable::new().with_route(HOST, vec![Backend::new("demo-app-v1", backend)])?);
         let (shutdown, stopped) = tokio::sync::watch::channel(false);
         let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<SocketAddr>>();
         let listeners = match how {
             ProxyRuntime::MultiThread => 1,
-            ProxyRuntime::PerThread => WORKERS,
+            ProxyRuntime::PerThread => workers,
         };
         let mut threads = Vec::new();
         let mut addr: Option<SocketAddr> = None;
         for n in 0..listeners {
             let runtime = match how {
                 ProxyRuntime::MultiThread => tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(WORKERS)
+                    .worker_threads(workers)
                     .thread_name("plinth-proxy")
                     .enable_all()
                     .build(),
@@ -513,7 +517,7 @@ pub fn run(args: ProxyArgs) -> Result<()> {
     )?;
     let backend_addr = child::demo_app_addr(backend.take_stdout().context("the demo app's stdout")?)?;
     wait_answering(backend_addr, "the demo app", || backend.check_alive())?;
-    let mut plinth_proxy = InProcessProxy::start(backend_addr, args.proxy_runtime)?;
+    let mut plinth_proxy = InProcessProxy::start(backend_addr, args.proxy_runtime, args.proxy_workers)?;
     wait_answering(plinth_proxy.addr, "plinth's proxy", || plinth_proxy.check_alive())?;
     let (mut nginx, nginx_addr) = start_nginx(&root.join("nginx"), backend_addr)?;
     eprintln!("proxy: demo app on {backend_addr}, plinth's proxy on {}, nginx on {nginx_addr}", plinth_proxy.addr);
@@ -583,13 +587,21 @@ fn report(args: &ProxyArgs, rounds: &[Vec<Sample>]) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "\nProxy: `wrk -t{WRK_THREADS} -c{} -d{}s --latency -H 'Host: {HOST}'` (saturating){}, against the demo app \
-         directly, through plinth's proxy ({WORKERS} worker threads) and through nginx ({WORKERS} workers, keepalive 64); \
+         directly, through plinth's proxy ({} worker threads{}) and through nginx ({WORKERS} workers, keepalive 64); \
          {} rounds on {cores} cores shared by all of them\n",
         args.connections,
         args.duration.as_secs(),
         if args.one_connection { " and `wrk -t1 -c1` (one connection)" } else { "" },
+        args.proxy_workers,
+        match args.proxy_runtime {
+            ProxyRuntime::MultiThread => "",
+            ProxyRuntime::PerThread => ", a current-thread runtime each",
+        },
         rounds.len()
     );
+    if args.proxy_workers != WORKERS {
+        println!("Note: plinth's proxy ran {} worker threads, nginx {WORKERS} worker processes.\n", args.proxy_workers);
+    }
     println!(
         "| round | load | target | requests/s | p50 | p99 | proxy CPU per request | demo app CPU per request | wrk CPU per request |"
     );

@@ -49,10 +49,8 @@ pub(crate) async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<
         Err(error) => return error.into_response(),
     };
     let upgrade = headers::is_upgrade(req.headers());
-    headers::prepare_request(&mut req, &conn.client_ip, conn.tls, upgrade);
+    let host = headers::prepare_request(&mut req, &conn.client_ip, conn.tls, upgrade);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    // For error answers; a cheap clone of the header as hyper read it.
-    let host = req.headers().get(HOST).cloned();
 
     // Backends whose connect failed for this request; allocated only on a failure.
     let mut tried: Vec<Arc<BackendState>> = Vec::new();

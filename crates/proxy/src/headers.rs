@@ -29,6 +29,28 @@ fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
 /// `Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding` and
 /// `Upgrade`. For a protocol switch, `Upgrade` stays and `Connection` says `upgrade`.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages carry none of these: one look at each name costs less than a lookup (a
+    // hash and a probe) per hop-by-hop name.
+    if headers.keys().any(is_hop_by_hop) {
+        remove_hop_by_hop(headers, upgrade);
+    }
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // Standard names compare as a tag; the two others by their bytes.
+    name == CONNECTION
+        || name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if headers.contains_key(CONNECTION) {
         // Allocates only when `Connection` names a header other than the usual tokens.
         let mut named = Vec::new();
@@ -49,9 +71,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     for name in [KEEP_ALIVE, PROXY_CONNECTION, TE, TRAILER, TRANSFER_ENCODING] {
         headers.remove(name);
     }
-    if upgrade {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    if !upgrade {
         headers.remove(UPGRADE);
     }
 }
@@ -60,8 +80,13 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// forwarding headers added (`X-Forwarded-Proto` says `https` when the client came over TLS),
 /// HTTP/1.1, an origin-form target. The `Host` header stays as the
 /// client sent it (for an absolute-form target it becomes that target's authority, as HTTP
-/// requires).
-pub(crate) fn prepare_request<B>(req: &mut Request<B>, client_ip: &HeaderValue, tls: bool, upgrade: bool) {
+/// requires). Returns that `Host`.
+pub(crate) fn prepare_request<B>(
+    req: &mut Request<B>,
+    client_ip: &HeaderValue,
+    tls: bool,
+    upgrade: bool,
+) -> Option<HeaderValue> {
     if let Some(authority) = req.uri().authority().cloned() {
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
         if let Ok(uri) = Uri::try_from(target) {
@@ -76,10 +101,12 @@ pub(crate) fn prepare_request<B>(req: &mut Request<B>, client_ip: &HeaderValue, 
     strip_hop_by_hop(headers, upgrade);
     append_forwarded_for(headers, client_ip);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(if tls { "https" } else { "http" }));
-    match headers.get(HOST).cloned() {
-        Some(host) => headers.insert(X_FORWARDED_HOST, host),
+    let host = headers.get(HOST).cloned();
+    match &host {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
         None => headers.remove(X_FORWARDED_HOST),
     };
+    host
 }
 
 /// Appends the client's address to `X-Forwarded-For`, joining any values already there into

@@ -34,6 +34,7 @@ mod forward;
 mod headers;
 mod routes;
 mod server;
+mod signal;
 pub mod tls;
 
 use std::collections::HashMap;

@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::Inner;
 use crate::error::ServeError;
 use crate::forward::{self, Conn};
+use crate::signal::Signal;
 use crate::tls::{self, LocalCa};
 
 /// How long accepting pauses after an error that is not about one client (such as running
@@ -35,11 +36,11 @@ pub(crate) async fn serve(
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
     let tracker = TaskTracker::new();
-    // Cancelled at the shutdown signal: connections finish their request and close.
-    let graceful = CancellationToken::new();
+    // Fired at the shutdown signal: connections finish their request and close.
+    let stopping = Arc::new(Signal::default());
     // Cancelled when the grace period is over: whatever is left closes now.
     let abort = CancellationToken::new();
-    tracker.spawn(reap_idle(Arc::clone(&inner), graceful.clone()));
+    tracker.spawn(reap_idle(Arc::clone(&inner), Arc::clone(&stopping)));
     info!(%addr, tls = ca.is_some(), "The proxy is listening.");
 
     let mut shutdown = std::pin::pin!(shutdown);
@@ -61,15 +62,19 @@ pub(crate) async fn serve(
                     abort: abort.clone(),
                 };
                 match &ca {
-                    None => {
-                        tracker.spawn(connection(TokioIo::new(stream), client, conn, graceful.clone(), abort.clone()))
-                    }
+                    None => tracker.spawn(connection(
+                        TokioIo::new(stream),
+                        client,
+                        conn,
+                        Arc::clone(&stopping),
+                        abort.clone(),
+                    )),
                     Some(ca) => tracker.spawn(tls_connection(
                         Arc::clone(ca),
                         stream,
                         client,
                         conn,
-                        graceful.clone(),
+                        Arc::clone(&stopping),
                         abort.clone(),
                     )),
                 };
@@ -86,7 +91,7 @@ pub(crate) async fn serve(
     }
 
     drop(listener);
-    graceful.cancel();
+    stopping.fire();
     tracker.close();
     info!(%addr, connections = tracker.len(), "The proxy stopped accepting; waiting for requests in flight.");
     if tokio::time::timeout(inner.config.shutdown_grace, tracker.wait()).await.is_err() {
@@ -109,7 +114,7 @@ async fn tls_connection(
     stream: TcpStream,
     client: SocketAddr,
     conn: Conn,
-    graceful: CancellationToken,
+    stopping: Arc<Signal>,
     abort: CancellationToken,
 ) {
     let timeout = conn.inner.config.tls_handshake_timeout;
@@ -120,14 +125,14 @@ async fn tls_connection(
             Ok(Err(error)) => return debug!(%client, %error, "A TLS handshake failed."),
             Err(_) => return debug!(%client, ?timeout, "A TLS handshake timed out."),
         },
-        () = graceful.cancelled() => return,
+        () = stopping.wait() => return,
     };
-    connection(TokioIo::new(stream), client, conn, graceful, abort).await;
+    connection(TokioIo::new(stream), client, conn, stopping, abort).await;
 }
 
 /// Serves one client connection until it closes, the shutdown asks it to finish, or the grace
 /// period ends.
-async fn connection<I>(io: I, client: SocketAddr, conn: Conn, graceful: CancellationToken, abort: CancellationToken)
+async fn connection<I>(io: I, client: SocketAddr, conn: Conn, stopping: Arc<Signal>, abort: CancellationToken)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -139,9 +144,12 @@ where
     });
     let connection = inner.server.serve_connection(io, service).with_upgrades();
     let mut connection = std::pin::pin!(connection);
+    // Polled on every wake-up of this task: the connection first (it is what woke it, nearly
+    // always), then the shutdown signal, which costs one atomic read here.
     let result = tokio::select! {
+        biased;
         result = connection.as_mut() => result,
-        () = graceful.cancelled() => {
+        () = stopping.wait() => {
             connection.as_mut().graceful_shutdown();
             tokio::select! {
                 result = connection.as_mut() => result,
@@ -155,13 +163,13 @@ where
 }
 
 /// Closes idle backend connections that aged out, so that an unused pool does not hold them.
-async fn reap_idle(inner: Arc<Inner>, stop: CancellationToken) {
+async fn reap_idle(inner: Arc<Inner>, stop: Arc<Signal>) {
     let period = inner.config.pool_idle_timeout.max(Duration::from_secs(1));
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.wait() => return,
             _ = ticks.tick() => {
                 let now = Instant::now();
                 for backend in inner.backends() {
