@@ -229,19 +229,26 @@ fn touched_files(layout: &Layout, count: usize) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Runs a command `runs` times after warm-up and returns the median wall time.
-fn median(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
+/// Runs each command `runs` times after warm-up, taking turns so that a noisy moment hits them
+/// alike, and returns each one's median wall time.
+fn medians<const N: usize>(runs: usize, mut commands: [&mut dyn FnMut() -> Result<()>; N]) -> Result<[Duration; N]> {
     for _ in 0..3 {
-        f()?;
+        for f in commands.iter_mut() {
+            f()?;
+        }
     }
-    let mut times = Vec::with_capacity(runs);
+    let mut times: [Vec<Duration>; N] = std::array::from_fn(|_| Vec::with_capacity(runs));
     for _ in 0..runs {
-        let start = Instant::now();
-        f()?;
-        times.push(start.elapsed());
+        for (f, times) in commands.iter_mut().zip(times.iter_mut()) {
+            let start = Instant::now();
+            f()?;
+            times.push(start.elapsed());
+        }
     }
-    times.sort();
-    Ok(times[times.len() / 2])
+    Ok(times.map(|mut t| {
+        t.sort();
+        t[t.len() / 2]
+    }))
 }
 
 fn run_quiet(cmd: &mut Command) -> Result<()> {
@@ -293,11 +300,6 @@ fn measure(args: &ChangedArgs, root: &Path, stacks: usize) -> Result<Figures> {
         bail!("expected {} changed files, git shows {git_files}", args.touched);
     }
 
-    // Interleave the three so that noise hits them alike.
-    let git_time = median(args.runs, || {
-        run_quiet(Command::new("git").current_dir(&dir).args(["diff", "--name-only", &base, &head]))
-    })?;
-    let warm = median(args.runs, || run_quiet(&mut plinth_cmd(&["--cache-dir", cache.to_str().unwrap_or("cache")])))?;
     // The usual CI case: the base commit was seen before, the head is new. Its cache entry is
     // removed before each run, so the base's graph is read and updated with the change.
     let head_tree = git(&dir, &["rev-parse", &format!("{head}^{{tree}}")])?;
@@ -311,11 +313,21 @@ fn measure(args: &ChangedArgs, root: &Path, stacks: usize) -> Result<Figures> {
         cache.to_str().unwrap_or("cache"),
     ]))?;
     let head_entry = cache.join(format!("{head_tree}.bin"));
-    let new_head = median(args.runs, || {
-        let _ = std::fs::remove_file(&head_entry);
-        run_quiet(&mut plinth_cmd(&["--cache-dir", cache.to_str().unwrap_or("cache")]))
-    })?;
-    let cold = median(args.runs.min(7), || run_quiet(&mut plinth_cmd(&["--no-cache"])))?;
+    let cache_arg = cache.to_str().unwrap_or("cache");
+    // Taking turns: git, then plinth with the head cached, then plinth with only the base
+    // cached (which writes the head's entry back for the next turn).
+    let [git_time, warm, new_head] = medians(
+        args.runs,
+        [
+            &mut || run_quiet(Command::new("git").current_dir(&dir).args(["diff", "--name-only", &base, &head])),
+            &mut || run_quiet(&mut plinth_cmd(&["--cache-dir", cache_arg])),
+            &mut || {
+                let _ = std::fs::remove_file(&head_entry);
+                run_quiet(&mut plinth_cmd(&["--cache-dir", cache_arg]))
+            },
+        ],
+    )?;
+    let [cold] = medians(args.runs.min(7), [&mut || run_quiet(&mut plinth_cmd(&["--no-cache"]))])?;
     Ok(Figures { stacks, files: layout.files, affected, git: git_time, warm, new_head, cold })
 }
 

@@ -1,7 +1,9 @@
 //! From changed paths to affected stacks: the pure decision behind `plinth changed` and the
 //! server's triggers. Every affected stack comes with the reasons it was picked.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 use std::fmt;
 
 use serde::{Serialize, Serializer};
@@ -187,7 +189,7 @@ impl Collector {
 pub fn affected(changes: &[PathChange], inputs: Inputs<'_>) -> Result<Vec<AffectedStack>, AffectedError> {
     let head = inputs.head;
     let mut collector = Collector::default();
-    let mut user_cache: HashMap<(bool, String), Vec<String>> = HashMap::new();
+    let mut user_cache: HashMap<(bool, String), Vec<String>> = HashMap::default();
 
     for change in changes {
         let deleted = change.kind == ChangeKind::Deleted;

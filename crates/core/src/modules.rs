@@ -1,7 +1,9 @@
 //! The local module graph: which directories a Terraform directory uses through `module`
 //! blocks whose `source` is a local path, found by parsing `.tf` and `.tf.json` files.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashSet};
 
 use crate::tree::{EntryKind, Tree, TreeError, join};
 
@@ -122,7 +124,7 @@ pub trait ModuleLookup {
     /// Every directory that uses `module`, directly or through other modules.
     fn transitive_users(&self, module: &str) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        let mut seen: HashSet<String> = HashSet::new();
+        let mut seen: HashSet<String> = HashSet::default();
         let mut next = 0;
         for user in self.direct_users(module) {
             if seen.insert(user.clone()) {

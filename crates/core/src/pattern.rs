@@ -393,12 +393,13 @@ impl PathPattern {
 
     /// Whether `dir` (repo-relative, `""` for the root) is a directory this pattern names.
     pub fn match_dir(&self, dir: &str) -> Option<Captures> {
-        let names: Vec<&str> = if dir.is_empty() { Vec::new() } else { dir.split('/').collect() };
-        if names.len() != self.segments.len() {
+        // Counted before anything is split: most directories a change reaches have another depth.
+        let depth = if dir.is_empty() { 0 } else { memchr::memchr_iter(b'/', dir.as_bytes()).count() + 1 };
+        if depth != self.segments.len() {
             return None;
         }
         let mut captures = Captures::default();
-        for (i, name) in names.iter().enumerate() {
+        for (i, name) in dir.split('/').take(depth).enumerate() {
             if let Some((capture, value)) = self.match_segment(i, name)? {
                 captures.push(capture, value);
             }

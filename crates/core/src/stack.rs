@@ -1,7 +1,9 @@
 //! Stacks: Terraform roots with one state each, as expanded from plinth.toml, and the order
 //! they run in.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 
 use serde::Serialize;
 
@@ -109,7 +111,7 @@ pub struct Waves {
 /// comes after the waves of every subset member it depends on, directly or through stacks
 /// outside the subset. `deps` gives a stack's direct dependencies by name.
 pub fn waves<E>(subset: &BTreeSet<String>, mut deps: impl FnMut(&str) -> Result<Vec<String>, E>) -> Result<Waves, E> {
-    let mut memo: HashMap<String, usize> = HashMap::new();
+    let mut memo: HashMap<String, usize> = HashMap::default();
     let mut out = Waves::default();
     for name in subset {
         let wave = wave_of(name, subset, &mut deps, &mut memo, &mut Vec::new(), &mut out.cycles)?;

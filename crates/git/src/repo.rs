@@ -1,7 +1,7 @@
 //! A repository opened for reading: revisions, comparisons, tree diffs and trees.
 
+use foldhash::HashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -184,7 +184,7 @@ pub struct GitTree<'r> {
     repo: &'r gix::Repository,
     root: ObjectId,
     dirs: RefCell<HashMap<String, Option<ObjectId>>>,
-    listings: RefCell<HashMap<ObjectId, Rc<Listing>>>,
+    listings: RefCell<gix::hashtable::HashMap<ObjectId, Rc<Listing>>>,
 }
 
 /// A decoded tree object: its entry names in one buffer, and each entry's id and mode.

@@ -4,8 +4,8 @@
 //! change, not the number of stacks. Full expansion for `plinth check` is built on the same
 //! steps, so both validate stacks the same way.
 
+use foldhash::{HashMap, HashSet};
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::rc::Rc;
 
