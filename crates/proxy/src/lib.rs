@@ -30,8 +30,10 @@
 mod backend;
 mod body;
 mod error;
+mod fast;
 mod forward;
 mod headers;
+mod rewind;
 mod routes;
 mod server;
 mod signal;
