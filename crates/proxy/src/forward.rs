@@ -1,6 +1,7 @@
-//! Forwarding one request: find the host's route, choose a backend, send the request over a
-//! pooled or new connection, retry what was never sent, and stream the answer back; or, for a
-//! protocol switch, join the two upgraded connections.
+//! The hyper path's forwarding of one request: find the host's route, choose a backend, send
+//! the request over a pooled or new connection, retry what was never sent, and stream the
+//! answer back; or, for a protocol switch, join the two upgraded connections. The route choice
+//! and the connect are shared with the fast path (`fast.rs`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
