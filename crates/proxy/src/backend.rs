@@ -1,6 +1,6 @@
 //! One backend as the proxy sees it: its requests in flight, whether it is still routed, its
-//! recent connect failures and its idle keep-alive connections; and the choice among the
-//! backends of one route.
+//! recent connect failures and its idle keep-alive connections (hyper's, for the hyper path,
+//! and raw TCP streams, for the fast path); and the choice among the backends of one route.
 //!
 //! Two orderings make draining exact, both with sequentially consistent atomics:
 //! - A request counts itself (`in_flight += 1`) and only then checks `retired`. The proxy
@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::routes::Backend;
@@ -52,13 +53,72 @@ pub(crate) struct BackendState {
     idle_now: Notify,
     /// When a connect last failed, in milliseconds on the proxy's clock; 0 when it has not.
     failed_at: AtomicU64,
-    idle: Mutex<VecDeque<Idle>>,
+    /// Idle connections of the hyper path.
+    idle: IdlePool<Sender>,
+    /// Idle connections of the fast path: plain keep-alive TCP streams between requests.
+    raw_idle: IdlePool<TcpStream>,
 }
 
+/// Idle keep-alive connections, oldest first; the same limits and reaping for both kinds.
 #[derive(Debug)]
-struct Idle {
-    sender: Sender,
+struct IdlePool<T>(Mutex<VecDeque<Idle<T>>>);
+
+#[derive(Debug)]
+struct Idle<T> {
+    conn: T,
     since: Instant,
+}
+
+impl<T> IdlePool<T> {
+    fn new() -> Self {
+        Self(Mutex::new(VecDeque::new()))
+    }
+
+    /// The newest connection that is fresh and `usable`; the stale ones met on the way close.
+    fn take(&self, limits: PoolLimits, usable: impl Fn(&T) -> bool) -> Option<T> {
+        let now = Instant::now();
+        let mut idle = lock(&self.0);
+        while let Some(conn) = idle.pop_back() {
+            if now.duration_since(conn.since) < limits.idle_timeout && usable(&conn.conn) {
+                return Some(conn.conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection unless the backend is retired or the pool is full.
+    fn put(&self, conn: T, limits: PoolLimits, retired: &AtomicBool) {
+        let now = Instant::now();
+        let mut idle = lock(&self.0);
+        // Checked under the pool's lock, which `retire` takes after setting the flag: either
+        // this sees the flag, or `retire` empties the pool after this push.
+        if retired.load(SeqCst) {
+            return;
+        }
+        while idle.front().is_some_and(|conn| now.duration_since(conn.since) >= limits.idle_timeout) {
+            idle.pop_front();
+        }
+        if idle.len() < limits.max_idle {
+            idle.push_back(Idle { conn, since: now });
+        }
+    }
+
+    fn retain(&self, limits: PoolLimits, now: Instant, open: impl Fn(&T) -> bool) {
+        lock(&self.0).retain(|conn| now.duration_since(conn.since) < limits.idle_timeout && open(&conn.conn));
+    }
+
+    fn clear(&self) {
+        let idle = std::mem::take(&mut *lock(&self.0));
+        drop(idle);
+    }
+}
+
+/// Whether an idle stream is still open with nothing to read: a non-blocking read of one byte
+/// must find nothing. Data (the backend is out of step) or the end of the stream means the
+/// connection is of no use. Costs no system call unless the reactor saw the socket readable.
+fn is_open_and_silent(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.try_read(&mut byte), Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 impl BackendState {
@@ -71,7 +131,8 @@ impl BackendState {
             waiters: AtomicUsize::new(0),
             idle_now: Notify::new(),
             failed_at: AtomicU64::new(0),
-            idle: Mutex::new(VecDeque::new()),
+            idle: IdlePool::new(),
+            raw_idle: IdlePool::new(),
         }
     }
 
@@ -99,17 +160,12 @@ impl BackendState {
     /// connections close.
     pub(crate) fn retire(&self) {
         self.retired.store(true, SeqCst);
-        let idle = std::mem::take(&mut *lock(&self.idle));
-        drop(idle);
+        self.close_idle();
     }
 
     /// Puts a retired backend back in service (it is in the routes again).
     pub(crate) fn reinstate(&self) {
         self.retired.store(false, SeqCst);
-    }
-
-    pub(crate) fn is_retired(&self) -> bool {
-        self.retired.load(SeqCst)
     }
 
     /// Resolves once nothing is in flight, or with how much is left after `timeout`.
@@ -152,44 +208,36 @@ impl BackendState {
 
     /// An idle connection that is still open and fresh, newest first.
     pub(crate) fn checkout(&self) -> Option<Sender> {
-        let now = Instant::now();
-        let mut idle = lock(&self.idle);
-        while let Some(conn) = idle.pop_back() {
-            if now.duration_since(conn.since) < self.limits.idle_timeout && conn.sender.is_ready() {
-                return Some(conn.sender);
-            }
-        }
-        None
+        self.idle.take(self.limits, Sender::is_ready)
     }
 
     /// Keeps a connection that finished its request for the next one, unless the backend has
     /// left the routes or the pool is full.
     pub(crate) fn checkin(&self, sender: Sender) {
-        let now = Instant::now();
-        let mut idle = lock(&self.idle);
-        // Checked under the pool's lock, which `retire` takes after setting the flag: either
-        // this sees the flag, or `retire` empties the pool after this push.
-        if self.is_retired() {
-            return;
-        }
-        while idle.front().is_some_and(|conn| now.duration_since(conn.since) >= self.limits.idle_timeout) {
-            idle.pop_front();
-        }
-        if idle.len() < self.limits.max_idle {
-            idle.push_back(Idle { sender, since: now });
-        }
+        self.idle.put(sender, self.limits, &self.retired);
+    }
+
+    /// An idle fast-path stream that is fresh and, as far as a non-blocking read can tell,
+    /// still open; newest first. It may still turn out closed: see `fast`'s retry rule.
+    pub(crate) fn checkout_raw(&self) -> Option<TcpStream> {
+        self.raw_idle.take(self.limits, is_open_and_silent)
+    }
+
+    /// Keeps a fast-path stream whose response was read to its end, as [`checkin`](Self::checkin).
+    pub(crate) fn checkin_raw(&self, stream: TcpStream) {
+        self.raw_idle.put(stream, self.limits, &self.retired);
     }
 
     /// Closes idle connections that are too old or that the backend has closed.
     pub(crate) fn reap_idle(&self, now: Instant) {
-        lock(&self.idle)
-            .retain(|conn| now.duration_since(conn.since) < self.limits.idle_timeout && !conn.sender.is_closed());
+        self.idle.retain(self.limits, now, |sender| !sender.is_closed());
+        self.raw_idle.retain(self.limits, now, is_open_and_silent);
     }
 
     /// Closes every idle connection.
     pub(crate) fn close_idle(&self) {
-        let idle = std::mem::take(&mut *lock(&self.idle));
-        drop(idle);
+        self.idle.clear();
+        self.raw_idle.clear();
     }
 }
 

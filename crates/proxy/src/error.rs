@@ -81,18 +81,31 @@ impl ErrorCode for ProxyError {
     }
 }
 
+/// The headers of every answer of the proxy's own, besides `x-plinth-error` and the framing;
+/// both serving paths send exactly these.
+pub(crate) const LOCAL_HEADERS: [(HeaderName, &str); 3] =
+    [(CONTENT_TYPE, "text/plain; charset=utf-8"), (X_CONTENT_TYPE_OPTIONS, "nosniff"), (CACHE_CONTROL, "no-store")];
+
 impl ProxyError {
+    /// The status of the answer (500 should a code ever be out of range).
+    pub(crate) fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The answer's body: `<code>: <message>; <help>` on one line.
+    pub(crate) fn text(&self) -> String {
+        format!("{}: {self}; {}\n", self.code(), lowercase_first(&self.help()))
+    }
+
     /// The plain-text answer, with the code in `x-plinth-error`.
     pub(crate) fn into_response(self) -> Response<ProxyBody> {
-        let code = self.code();
-        let text = format!("{code}: {self}; {}\n", lowercase_first(&self.help()));
-        let mut response = Response::new(ProxyBody::text(text));
-        *response.status_mut() = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = Response::new(ProxyBody::text(self.text()));
+        *response.status_mut() = self.status();
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(ERROR_HEADER, HeaderValue::from_static(code));
+        for (name, value) in LOCAL_HEADERS {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
         response
     }
 }

@@ -1,11 +1,13 @@
-//! Forwarding one request: find the host's route, choose a backend, send the request over a
-//! pooled or new connection, retry what was never sent, and stream the answer back; or, for a
-//! protocol switch, join the two upgraded connections.
+//! The hyper path's forwarding of one request: find the host's route, choose a backend, send
+//! the request over a pooled or new connection, retry what was never sent, and stream the
+//! answer back; or, for a protocol switch, join the two upgraded connections. The route choice
+//! and the connect are shared with the fast path (`fast.rs`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::{HOST, HeaderValue};
+use hyper::header::HeaderValue;
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -43,77 +45,111 @@ pub(crate) async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<
         return ProxyError::ConnectNotSupported.into_response();
     }
     let inner = &conn.inner;
-    let mut active = inner.active();
-    let mut index = match route_index(&active, &req) {
-        Ok(index) => index,
+    let upgrade = headers::is_upgrade(req.headers());
+    // For an absolute-form target, `Host` becomes the target's authority here.
+    let host = headers::prepare_request(&mut req, &conn.client_ip, conn.tls, upgrade);
+    let host_text = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let mut choice = match Choice::new(inner, host_text) {
+        Ok(choice) => choice,
         Err(error) => return error.into_response(),
     };
-    let upgrade = headers::is_upgrade(req.headers());
-    let host = headers::prepare_request(&mut req, &conn.client_ip, conn.tls, upgrade);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-
-    // Backends whose connect failed for this request; allocated only on a failure.
-    let mut tried: Vec<Arc<BackendState>> = Vec::new();
-    let mut reloads = 0;
     loop {
-        let upstream = &active.upstreams[index];
-        if upstream.is_empty() {
-            return ProxyError::NoHealthyInstance { host: host_text(host.as_ref()) }.into_response();
-        }
-        let Some(backend) = upstream.choose(&tried, || inner.now_ms(), inner.cooldown_ms()) else {
-            return ProxyError::Unreachable { host: host_text(host.as_ref()) }.into_response();
-        };
-        let Some(in_flight) = backend.try_acquire() else {
-            // The routes changed since this request read them; look again in the new ones.
-            reloads += 1;
-            if reloads > MAX_ROUTE_RELOADS {
-                return ProxyError::NoHealthyInstance { host: host_text(host.as_ref()) }.into_response();
-            }
-            active = inner.active();
-            index = match route_index(&active, &req) {
-                Ok(index) => index,
-                Err(error) => return error.into_response(),
-            };
-            continue;
+        let in_flight = match choice.next() {
+            Ok(in_flight) => in_flight,
+            Err(error) => return error.into_response(),
         };
         match send(inner, in_flight.backend(), req).await {
             Ok((response, sender)) => {
-                return respond(conn, in_flight, sender, response, client_upgrade, host.as_ref());
+                return respond(conn, in_flight, sender, response, client_upgrade, &choice);
             }
             Err(SendError::Unsent(request, error)) => {
-                let backend = Arc::clone(in_flight.backend());
-                drop(in_flight);
-                if backend.connect_failed(inner.now_ms()) {
-                    warn!(backend = %backend.backend.id, addr = %backend.backend.addr, %error,
-                        "Connecting to the backend failed; trying the others first for a while.");
-                } else {
-                    debug!(backend = %backend.backend.id, %error, "Connecting to the backend failed again.");
-                }
-                tried.push(backend);
+                choice.connect_failed(in_flight, &error);
                 req = *request;
             }
             Err(SendError::Sent(error)) => {
                 debug!(backend = %in_flight.backend().backend.id, %error, "The backend failed after the request was sent.");
-                return ProxyError::BackendFailed { host: host_text(host.as_ref()) }.into_response();
+                return choice.backend_failed().into_response();
             }
         }
     }
 }
 
-fn route_index<B>(active: &Active, req: &Request<B>) -> Result<usize, ProxyError> {
-    let host = match req.uri().authority() {
-        Some(authority) => authority.host(),
-        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()).ok_or(ProxyError::InvalidHost)?,
-    };
-    let host = normalize_host(host);
-    if host.is_empty() {
-        return Err(ProxyError::InvalidHost);
-    }
-    active.table.position(&host).ok_or_else(|| ProxyError::UnknownHost { host: host.into_owned() })
+/// The choice of a backend for one request, shared by both serving paths: the host's route,
+/// then backends in the route's order of preference, skipping those whose connect failed for
+/// this request, and looking again in newer routes when the chosen one has left them.
+#[derive(Debug)]
+pub(crate) struct Choice<'a> {
+    inner: &'a Inner,
+    /// The host as the routes know it (lowercased, no port), for lookups and answers.
+    host: Cow<'a, str>,
+    active: Arc<Active>,
+    index: usize,
+    /// Backends whose connect failed for this request; allocated only on a failure.
+    tried: Vec<Arc<BackendState>>,
+    reloads: usize,
 }
 
-fn host_text(host: Option<&HeaderValue>) -> String {
-    normalize_host(host.and_then(|h| h.to_str().ok()).unwrap_or_default()).into_owned()
+impl<'a> Choice<'a> {
+    /// Finds the route of `host` (as the request names it: any case, maybe a port) in the
+    /// current routes.
+    pub(crate) fn new(inner: &'a Inner, host: &'a str) -> Result<Self, ProxyError> {
+        let host = normalize_host(host);
+        if host.is_empty() {
+            return Err(ProxyError::InvalidHost);
+        }
+        let active = inner.active();
+        let index = route_index(&active, &host)?;
+        Ok(Self { inner, host, active, index, tried: Vec::new(), reloads: 0 })
+    }
+
+    /// The next backend to try, counted in flight; or the answer when none is left.
+    pub(crate) fn next(&mut self) -> Result<InFlight, ProxyError> {
+        loop {
+            let upstream = &self.active.upstreams[self.index];
+            if upstream.is_empty() {
+                return Err(ProxyError::NoHealthyInstance { host: self.host.clone().into_owned() });
+            }
+            let inner = self.inner;
+            let Some(backend) = upstream.choose(&self.tried, || inner.now_ms(), inner.cooldown_ms()) else {
+                return Err(ProxyError::Unreachable { host: self.host.clone().into_owned() });
+            };
+            if let Some(in_flight) = backend.try_acquire() {
+                return Ok(in_flight);
+            }
+            // The routes changed since this request read them; look again in the new ones.
+            self.reloads += 1;
+            if self.reloads > MAX_ROUTE_RELOADS {
+                return Err(ProxyError::NoHealthyInstance { host: self.host.clone().into_owned() });
+            }
+            self.active = inner.active();
+            self.index = route_index(&self.active, &self.host)?;
+        }
+    }
+
+    /// Notes that connecting to the backend of `in_flight` failed, releases its count, and
+    /// leaves it out of this request's next choices.
+    pub(crate) fn connect_failed(&mut self, in_flight: InFlight, error: &dyn std::fmt::Display) {
+        let backend = Arc::clone(in_flight.backend());
+        drop(in_flight);
+        if backend.connect_failed(self.inner.now_ms()) {
+            warn!(backend = %backend.backend.id, addr = %backend.backend.addr, %error,
+                "Connecting to the backend failed; trying the others first for a while.");
+        } else {
+            debug!(backend = %backend.backend.id, %error, "Connecting to the backend failed again.");
+        }
+        self.tried.push(backend);
+    }
+
+    /// The answer when the backend failed after the request was (partly) sent.
+    pub(crate) fn backend_failed(&self) -> ProxyError {
+        ProxyError::BackendFailed { host: self.host.clone().into_owned() }
+    }
+}
+
+/// The index of the route serving an already normalized host.
+fn route_index(active: &Active, host: &str) -> Result<usize, ProxyError> {
+    active.table.position(host).ok_or_else(|| ProxyError::UnknownHost { host: host.to_owned() })
 }
 
 enum SendError {
@@ -125,7 +161,7 @@ enum SendError {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("connecting timed out")]
     TimedOut,
     #[error("{0}")]
@@ -164,13 +200,21 @@ async fn send(
     }
 }
 
-async fn connect(inner: &Inner, backend: &BackendState) -> Result<Sender, ConnectError> {
+/// Opens a TCP connection to a backend within the connect timeout, with `TCP_NODELAY`; both
+/// paths connect this way.
+pub(crate) async fn connect_tcp(inner: &Inner, backend: &BackendState) -> Result<TcpStream, ConnectError> {
     let addr = backend.backend.addr;
     let stream = tokio::time::timeout(inner.config.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::TimedOut)?
         .map_err(ConnectError::Io)?;
     stream.set_nodelay(true).map_err(ConnectError::Io)?;
+    Ok(stream)
+}
+
+async fn connect(inner: &Inner, backend: &BackendState) -> Result<Sender, ConnectError> {
+    let addr = backend.backend.addr;
+    let stream = connect_tcp(inner, backend).await?;
     let (sender, connection) = inner.client.handshake(TokioIo::new(stream)).await.map_err(ConnectError::Http)?;
     tokio::spawn(async move {
         if let Err(error) = connection.with_upgrades().await {
@@ -188,12 +232,12 @@ fn respond(
     sender: Sender,
     mut response: Response<Incoming>,
     client_upgrade: Option<OnUpgrade>,
-    host: Option<&HeaderValue>,
+    choice: &Choice<'_>,
 ) -> Response<ProxyBody> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             debug!(backend = %in_flight.backend().backend.id, "The backend switched protocols unasked.");
-            return ProxyError::BackendFailed { host: host_text(host) }.into_response();
+            return choice.backend_failed().into_response();
         };
         let backend_upgrade = hyper::upgrade::on(&mut response);
         conn.tracker.spawn(tunnel(client_upgrade, backend_upgrade, in_flight, sender, conn.abort.clone()));

@@ -76,6 +76,50 @@ fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// The hop-by-hop header names of [`strip_hop_by_hop`], for the fast path, which sees raw
+/// headers rather than a `HeaderMap`.
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// What a raw message's `Connection` headers say: the fast path's counterpart of
+/// [`strip_hop_by_hop`]'s reading, so both paths stop the same headers.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionOptions<'a> {
+    pub(crate) close: bool,
+    pub(crate) keep_alive: bool,
+    pub(crate) upgrade: bool,
+    /// Other header names the sender listed: those are hop-by-hop too. Allocated only when a
+    /// message names one.
+    named: Vec<&'a [u8]>,
+}
+
+impl<'a> ConnectionOptions<'a> {
+    /// Reads one `Connection` header's value, a comma-separated list of tokens.
+    pub(crate) fn add(&mut self, value: &'a [u8]) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            } else if !token.is_empty() {
+                self.named.push(token);
+            }
+        }
+    }
+
+    /// Whether a header of this name stops at the proxy.
+    pub(crate) fn stops(&self, name: &str) -> bool {
+        HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop)) || self.names(name)
+    }
+
+    /// Whether the sender listed this name besides the usual tokens.
+    pub(crate) fn names(&self, name: &str) -> bool {
+        self.named.iter().any(|named| named.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
 /// Turns a client's request into the one sent to a backend: hop-by-hop headers removed,
 /// forwarding headers added (`X-Forwarded-Proto` says `https` when the client came over TLS),
 /// HTTP/1.1, an origin-form target. The `Host` header stays as the
@@ -173,6 +217,19 @@ mod tests {
         assert_eq!(names(&upgrade), ["connection", "content-length", "upgrade", "x-app"]);
         assert_eq!(upgrade[CONNECTION], "upgrade");
         assert_eq!(upgrade[UPGRADE], "websocket");
+    }
+
+    #[test]
+    fn raw_connection_options_stop_what_strip_hop_by_hop_stops() {
+        let mut options = ConnectionOptions::default();
+        options.add(b"keep-alive, X-Custom-Hop");
+        options.add(b" close ,,");
+        assert!(options.close && options.keep_alive && !options.upgrade);
+        for name in ["Connection", "x-custom-hop", "Keep-Alive", "proxy-connection", "TE", "trailer", "upgrade"] {
+            assert!(options.stops(name), "{name}");
+        }
+        assert!(!options.stops("x-app") && !options.stops("content-length"));
+        assert!(options.names("X-CUSTOM-HOP") && !options.names("te"));
     }
 
     #[test]

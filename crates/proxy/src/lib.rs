@@ -2,11 +2,27 @@
 //! matching service, swaps routes atomically, and lets removed instances drain.
 //!
 //! ```text
-//! client ─► serve (hyper http1, keep-alive) ─► RouteTable: host ─► backends
-//!                                                    │ fewest in flight, ties round-robin
+//!                  ┌─ plain HTTP/1.1 ─► fast path: httparse, raw bytes, in the connection's task ─┐
+//! client ─► serve ─┤                                                                              │
+//!  (TCP or TLS)    └─ anything else ─► hyper http1 (the rest of the connection, bytes replayed) ─┤
+//!                                                                                                 ▼
+//!                      RouteTable: host ─► backends (fewest in flight, ties round-robin) ◄── shared
+//!                                                    │
 //!                                                    ▼
-//!                            pooled keep-alive connection to the backend ─► response streamed back
+//!        pooled keep-alive connection to the backend (raw TCP, or hyper's client) ─► response back
 //! ```
+//!
+//! Two paths serve a client connection. Every connection starts on the fast path
+//! (`fast.rs`), which parses request heads in place and copies bytes between the client and a
+//! raw pooled TCP stream to the backend, without hyper's request and response types or a task
+//! per backend connection. It takes only unambiguous plain requests: HTTP/1.1, an origin-form
+//! target, one `Host`, at most one valid `Content-Length`, no `Transfer-Encoding`, `Upgrade`
+//! or `Expect`, CRLF line ends, few enough headers. The first request that is anything else
+//! (HTTP/1.0, a WebSocket handshake, a chunked upload, bytes that do not parse) hands the
+//! connection, with every byte read so far, to hyper (`server.rs`, `forward.rs`) for the rest
+//! of its life; hyper answers what is malformed with its own 400. Both paths share the route
+//! choice (`forward::Choice`), the connect, the hop-by-hop and `X-Forwarded-*` rules and the
+//! proxy's own answers, and keep the rules below.
 //!
 //! - [`Proxy::set_routes`] (or [`Proxy::update_routes`]) installs a new [`RouteTable`] at
 //!   once; a request reads the table once and never sees half of a change.
@@ -18,7 +34,13 @@
 //!   closes. [`Proxy::in_flight`] reads the count.
 //! - A request that could not be written to its backend (the connect failed or the connection
 //!   closed first) goes to another backend of the route, with its body untouched, even for a
-//!   POST. A request that was written is never sent again; it gets 502.
+//!   POST. A request that was written is never sent again; it gets 502. The one exception, on
+//!   the fast path: a request without a body and with an idempotent method (GET, HEAD,
+//!   OPTIONS, PUT, DELETE, TRACE) written to a pooled connection that closed before any byte of
+//!   a response came is sent again on another connection.
+//! - A backend connection goes back to its pool only after a complete response whose framing
+//!   allows another (a length, or chunked) and no `Connection: close`; one whose client went
+//!   away mid-response is closed.
 //! - The proxy's own answers carry `x-plinth-error: <code>` (see [`ProxyError`]).
 //! - [`Proxy::serve_tls`] serves the same routes over HTTPS, with certificates a [`LocalCa`]
 //!   issues for the routed hosts as clients first ask for them (see [`tls`]).
@@ -30,8 +52,10 @@
 mod backend;
 mod body;
 mod error;
+mod fast;
 mod forward;
 mod headers;
+mod rewind;
 mod routes;
 mod server;
 mod signal;

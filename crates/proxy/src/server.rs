@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,7 +20,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::Inner;
 use crate::error::ServeError;
+use crate::fast::{self, Served};
 use crate::forward::{self, Conn};
+use crate::rewind::Rewind;
 use crate::signal::Signal;
 use crate::tls::{self, LocalCa};
 
@@ -62,13 +65,7 @@ pub(crate) async fn serve(
                     abort: abort.clone(),
                 };
                 match &ca {
-                    None => tracker.spawn(connection(
-                        TokioIo::new(stream),
-                        client,
-                        conn,
-                        Arc::clone(&stopping),
-                        abort.clone(),
-                    )),
+                    None => tracker.spawn(connection(stream, client, conn, Arc::clone(&stopping), abort.clone())),
                     Some(ca) => tracker.spawn(tls_connection(
                         Arc::clone(ca),
                         stream,
@@ -127,17 +124,48 @@ async fn tls_connection(
         },
         () = stopping.wait() => return,
     };
-    connection(TokioIo::new(stream), client, conn, stopping, abort).await;
+    connection(stream, client, conn, stopping, abort).await;
 }
 
 /// Serves one client connection until it closes, the shutdown asks it to finish, or the grace
-/// period ends.
+/// period ends: on the fast path while its requests are plain, then, from the first request
+/// that is not, on the hyper path with the bytes the fast path had read.
 async fn connection<I>(io: I, client: SocketAddr, conn: Conn, stopping: Arc<Signal>, abort: CancellationToken)
 where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(conn);
+    let served = {
+        let fast = fast::serve(io, &conn, &stopping);
+        let mut fast = std::pin::pin!(fast);
+        // The fast path closes idle connections at the signal itself and finishes the request
+        // in flight; past the grace period, `abort` ends it.
+        tokio::select! {
+            biased;
+            served = fast.as_mut() => served,
+            () = stopping.wait() => tokio::select! {
+                served = fast.as_mut() => served,
+                () = abort.cancelled() => return,
+            },
+        }
+    };
+    if let Served::Fallback(io, buffered) = served {
+        hyper_connection(TokioIo::new(Rewind::new(io, buffered)), client, conn, stopping, abort).await;
+    }
+}
+
+/// Serves a client connection with hyper until it closes, the shutdown asks it to finish, or
+/// the grace period ends.
+async fn hyper_connection<I>(
+    io: I,
+    client: SocketAddr,
+    conn: Arc<Conn>,
+    stopping: Arc<Signal>,
+    abort: CancellationToken,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let inner = Arc::clone(&conn.inner);
-    let conn = Arc::new(conn);
     let service = service_fn(move |req| {
         let conn = Arc::clone(&conn);
         async move { Ok::<_, Infallible>(forward::handle(&conn, req).await) }

@@ -37,6 +37,12 @@ impl Signal {
         }
     }
 
+    /// Whether the signal has fired: one atomic read, for a connection deciding whether to
+    /// keep its client after a request.
+    pub(crate) fn is_fired(&self) -> bool {
+        self.fired.load(SeqCst)
+    }
+
     /// A future that resolves once the signal has fired.
     pub(crate) fn wait(self: &Arc<Self>) -> Wait {
         Wait { signal: Arc::clone(self), slot: None }

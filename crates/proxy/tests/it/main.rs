@@ -5,6 +5,7 @@
 
 mod bodies;
 mod drain;
+mod fast;
 mod headers;
 mod keep_alive;
 mod retry;
