@@ -692,8 +692,11 @@ fn parse_response(bytes: &[u8], plan: &Plan, out: &mut Vec<u8>) -> Result<Option
     let mut connection = ConnectionOptions::default();
     let mut chunked = None;
     let mut length = None;
+    let mut dated = false;
     for header in res.headers.iter() {
-        if header.name.eq_ignore_ascii_case("connection") {
+        if header.name.eq_ignore_ascii_case("date") {
+            dated = true;
+        } else if header.name.eq_ignore_ascii_case("connection") {
             connection.add(header.value);
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             // The last coding decides: chunked, or the body runs until the close.
@@ -728,6 +731,13 @@ fn parse_response(bytes: &[u8], plan: &Plan, out: &mut Vec<u8>) -> Result<Option
             write_header(out, header.name.as_bytes(), header.value);
         }
     }
+    if !dated {
+        // RFC 9110 section 6.6.1: a response forwarded without a `Date` gets one (hyper's
+        // path adds it too).
+        if let Some(date) = http_date() {
+            write_header(out, b"date", &date);
+        }
+    }
     if let Framing::Length(length) = framing {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(length.to_string().as_bytes());
@@ -735,6 +745,25 @@ fn parse_response(bytes: &[u8], plan: &Plan, out: &mut Vec<u8>) -> Result<Option
     }
     let reusable = version == 1 && !connection.close && framing != Framing::Close;
     Ok(Some(ResponseHead { len, interim: false, framing, reusable }))
+}
+
+/// Now as an HTTP date (`Sun, 06 Dec 2026 06:30:00 GMT`), formatted once a second per thread.
+fn http_date() -> Option<[u8; 29]> {
+    thread_local! {
+        static CACHED: std::cell::Cell<(u64, Option<[u8; 29]>)> = const { std::cell::Cell::new((u64::MAX, None)) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with(|cached| {
+        let (at, text) = cached.get();
+        if at == second {
+            return text;
+        }
+        // 29 bytes for every year from 1970 to 9999; a clock outside that sends no date.
+        let text = httpdate::fmt_http_date(now).as_bytes().try_into().ok();
+        cached.set((second, text));
+        text
+    })
 }
 
 /// A status code's three digits.

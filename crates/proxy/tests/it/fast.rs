@@ -84,6 +84,30 @@ async fn a_chunked_response_is_forwarded_intact_and_the_connection_reused() {
     within("the script", script).await.unwrap();
 }
 
+#[tokio::test]
+async fn a_response_without_a_date_gets_one_and_a_dated_one_keeps_its_own() {
+    let (backend, table) = Scripted::start().await;
+    let proxy = TestProxy::start(table).await;
+    let script = tokio::spawn(async move {
+        let mut conn = backend.accept().await;
+        read_request(&mut conn).await.unwrap();
+        reply(&mut conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        read_request(&mut conn).await.unwrap();
+        reply(&mut conn, b"HTTP/1.1 200 OK\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\nContent-Length: 2\r\n\r\nok")
+            .await;
+    });
+    let mut raw = Raw::connect(proxy.addr).await;
+    raw.send(GET).await;
+    let added = raw.read_response().await;
+    let date = added.header("date").expect("a date added by the proxy").to_owned();
+    assert!(date.len() == 29 && date.ends_with(" GMT") && !date.contains("2026 10:00:00"), "{date}");
+    raw.send(GET).await;
+    let kept = raw.read_response().await;
+    assert_eq!(kept.header("date"), Some("Tue, 01 Dec 2026 10:00:00 GMT"));
+    assert_eq!(kept.headers.iter().filter(|(name, _)| name == "date").count(), 1, "{:?}", kept.headers);
+    within("the script", script).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_bodies_reach_the_backend_buffered_or_streamed() {
     let app = TestBackend::start("app").await;
