@@ -56,7 +56,7 @@ watch = ["shared/*.json"]
 containers = ["app"]
 command = ["sh", "-c", "case {image.app} in v3) exec plinth demo-app --port {port} --version v3 --fail-health;; *) exec plinth demo-app --port {port} --version {image.app};; esac"]
 count = 3
-health = { path = "/healthz", interval = "200ms", timeout = "500ms", healthy = 2, unhealthy = 2 }
+health = { path = "/healthz", interval = "250ms", timeout = "250ms", healthy = 2, unhealthy = 2 }
 strategy = { kind = "rolling", max_surge = "1", max_unavailable = "0" }
 hosts = ["api.{env}.localhost"]
 "#;
