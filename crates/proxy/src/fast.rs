@@ -984,6 +984,68 @@ mod tests {
         }
     }
 
+    /// A small deterministic generator (xorshift), so that a failure can be replayed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// A well-formed chunked body as an instance could send it: sizes in either case, with
+    /// or without leading zeros and extensions, data that looks like framing, trailers or none.
+    fn chunked_body(rng: &mut Rng) -> Vec<u8> {
+        let mut body = Vec::new();
+        for _ in 0..rng.below(6) {
+            let len = [1, 2, 15, 16, 255, 4096][rng.below(6) as usize] + rng.below(3) as usize;
+            let size = match rng.below(3) {
+                0 => format!("{len:x}"),
+                1 => format!("{len:X}"),
+                _ => format!("00{len:x}"),
+            };
+            body.extend_from_slice(size.as_bytes());
+            if rng.below(3) == 0 {
+                body.extend_from_slice(b";name=\"a;b\"; x");
+            }
+            body.extend_from_slice(b"\r\n");
+            body.extend((0..len).map(|i| b"0\r\n\r\n;x"[(i + rng.below(7) as usize) % 7]));
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b"0\r\n");
+        for _ in 0..rng.below(3) {
+            body.extend_from_slice(b"x-trailer: 0\r\n");
+        }
+        body.extend_from_slice(b"\r\n");
+        body
+    }
+
+    #[test]
+    fn generated_chunked_bodies_end_exactly_however_they_are_split() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for case in 0..500 {
+            let body = chunked_body(&mut rng);
+            let mut stream = body.clone();
+            stream.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            let mut chunks = Chunks::default();
+            let (mut at, mut taken) = (0, 0);
+            while at < stream.len() && !chunks.is_done() {
+                let end = (at + 1 + rng.below(40) as usize).min(stream.len());
+                taken += chunks.scan(&stream[at..end]).unwrap_or_else(|()| panic!("case {case}: {body:?}"));
+                at = end;
+            }
+            assert!(chunks.is_done(), "case {case}: not done");
+            assert_eq!(taken, body.len(), "case {case}: the end is misplaced");
+            // One byte short is never the end: the connection must not go back to the pool.
+            let mut short = Chunks::default();
+            assert_eq!(short.scan(&body[..body.len() - 1]), Ok(body.len() - 1), "case {case}");
+            assert!(!short.is_done(), "case {case}: done one byte early");
+        }
+    }
+
     #[test]
     fn only_unambiguous_heads_are_taken() {
         assert!(crlf_only(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
