@@ -622,7 +622,7 @@ where
     };
     buf.consume(head.len);
     let keep_client = !plan.close && head.framing != Framing::Close && !stopping.is_fired();
-    finish_head(out, head.framing, keep_client);
+    finish_head(out, head.framing, head.codings.as_deref(), keep_client);
     let mut body = Body::new(head.framing);
     let taken = match body.take(buf.unread()) {
         Ok(taken) => taken,
@@ -668,6 +668,9 @@ struct ResponseHead {
     framing: Framing,
     /// The backend keeps the connection open after this response.
     reusable: bool,
+    /// `Transfer-Encoding` when it names more than `chunked` (`gzip, chunked`): the body is
+    /// copied as it is, so the client needs the same codings to read it.
+    codings: Option<Vec<u8>>,
 }
 
 /// Parses a response head and writes the client's version (all but the framing headers and
@@ -687,18 +690,24 @@ fn parse_response(bytes: &[u8], plan: &Plan, out: &mut Vec<u8>) -> Result<Option
         return Err(());
     }
     if code < 200 {
-        return Ok(Some(ResponseHead { len, interim: true, framing: Framing::Empty, reusable: true }));
+        return Ok(Some(ResponseHead { len, interim: true, framing: Framing::Empty, reusable: true, codings: None }));
     }
     let mut connection = ConnectionOptions::default();
     let mut chunked = None;
     let mut length = None;
     let mut dated = false;
+    let mut codings: Option<&[u8]> = None;
     for header in res.headers.iter() {
         if header.name.eq_ignore_ascii_case("date") {
             dated = true;
         } else if header.name.eq_ignore_ascii_case("connection") {
             connection.add(header.value);
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            if chunked.is_some() {
+                // Codings split over two headers: not worth reading right.
+                return Err(());
+            }
+            codings = Some(header.value.trim_ascii());
             // The last coding decides: chunked, or the body runs until the close.
             let last = header.value.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii();
             chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
@@ -744,7 +753,13 @@ fn parse_response(bytes: &[u8], plan: &Plan, out: &mut Vec<u8>) -> Result<Option
         out.extend_from_slice(b"\r\n");
     }
     let reusable = version == 1 && !connection.close && framing != Framing::Close;
-    Ok(Some(ResponseHead { len, interim: false, framing, reusable }))
+    let codings = match framing {
+        Framing::Chunked | Framing::Close => {
+            codings.filter(|c| !c.eq_ignore_ascii_case(b"chunked")).map(<[u8]>::to_vec)
+        }
+        Framing::Empty | Framing::Length(_) => None,
+    };
+    Ok(Some(ResponseHead { len, interim: false, framing, reusable, codings }))
 }
 
 /// Now as an HTTP date (`Sun, 06 Dec 2026 06:30:00 GMT`), formatted once a second per thread.
@@ -773,9 +788,11 @@ fn itoa3(code: u16) -> [u8; 3] {
 }
 
 /// Ends the client's response head with its framing and connection headers.
-fn finish_head(out: &mut Vec<u8>, framing: Framing, keep_client: bool) {
-    if framing == Framing::Chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+fn finish_head(out: &mut Vec<u8>, framing: Framing, codings: Option<&[u8]>, keep_client: bool) {
+    match codings {
+        Some(codings) => write_header(out, b"transfer-encoding", codings),
+        None if framing == Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        None => {}
     }
     if !keep_client {
         out.extend_from_slice(b"connection: close\r\n");

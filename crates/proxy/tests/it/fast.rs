@@ -85,6 +85,34 @@ async fn a_chunked_response_is_forwarded_intact_and_the_connection_reused() {
 }
 
 #[tokio::test]
+async fn transfer_codings_besides_chunked_reach_the_client_with_the_bytes_they_describe() {
+    let (backend, table) = Scripted::start().await;
+    let proxy = TestProxy::start(table).await;
+    // Not really gzip: the proxy copies bytes and never decodes, which is the point.
+    let body = b"3\r\n\x1f\x8b\x08\r\n0\r\n\r\n";
+    let script = tokio::spawn(async move {
+        let mut conn = backend.accept().await;
+        read_request(&mut conn).await.unwrap();
+        let mut response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec();
+        response.extend_from_slice(body);
+        reply(&mut conn, &response).await;
+        read_request(&mut conn).await.unwrap();
+        reply(&mut conn, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b\x08").await;
+    });
+    let mut raw = Raw::connect(proxy.addr).await;
+    raw.send(GET).await;
+    let head = raw.read_head().await;
+    assert_eq!(head.header("transfer-encoding"), Some("gzip, chunked"));
+    assert_eq!(raw.read_exact(body.len()).await, body);
+    // The connection goes on; a body coded but not chunked runs until the close.
+    raw.send(GET).await;
+    let head = raw.read_head().await;
+    assert_eq!((head.header("transfer-encoding"), head.header("connection")), (Some("gzip"), Some("close")));
+    within("the script", script).await.unwrap();
+    assert_eq!(raw.read_to_end().await, b"\x1f\x8b\x08");
+}
+
+#[tokio::test]
 async fn a_response_without_a_date_gets_one_and_a_dated_one_keeps_its_own() {
     let (backend, table) = Scripted::start().await;
     let proxy = TestProxy::start(table).await;
