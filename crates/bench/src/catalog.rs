@@ -25,6 +25,7 @@ use plinth_store::{CidrAsk, EnvFilter, EnvPatch, EnvRecord, EnvRequest, NewEnv, 
 
 use crate::child::{self, Ticks};
 use crate::server::harness::{GitRepo, Noise, ServerOptions, ServerProcess};
+use crate::workdir::WorkDir;
 
 #[derive(Debug, clap::Args)]
 pub struct CatalogArgs {
@@ -387,17 +388,8 @@ pub fn run(args: CatalogArgs) -> Result<()> {
     if args.requests == 0 {
         bail!("--requests must be at least 1");
     }
-    let temp;
-    let root = match &args.keep {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            std::fs::canonicalize(dir)?
-        }
-        None => {
-            temp = tempfile::Builder::new().prefix("plinth-bench-catalog-").tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
+    let work = WorkDir::new(args.keep.as_deref(), "catalog")?;
+    let root = work.path().to_path_buf();
     let dir = root.join(format!("catalog-{}", args.environments));
     if dir.exists() {
         bail!("{} exists already; remove it or keep this run somewhere else", dir.display());

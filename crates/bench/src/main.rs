@@ -25,6 +25,7 @@ mod proxy;
 mod review;
 mod rollout;
 mod server;
+mod workdir;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use workdir::WorkDir;
 
 #[derive(Debug, Parser)]
 #[command(name = "plinth-bench")]
@@ -336,14 +338,8 @@ fn ms(d: Duration) -> String {
 }
 
 fn changed(args: ChangedArgs) -> Result<()> {
-    let temp;
-    let root = match &args.keep {
-        Some(dir) => dir.clone(),
-        None => {
-            temp = tempfile::Builder::new().prefix("plinth-bench-").tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
+    let work = WorkDir::new(args.keep.as_deref(), "changed")?;
+    let root = work.path().to_path_buf();
     println!("plinth changed vs git diff --name-only; {} files touched; median of {} runs\n", args.touched, args.runs);
     println!(
         "| stacks | files | affected | git diff | plinth, head cached | ratio | plinth, base cached | ratio | plinth, no cache | ratio |"

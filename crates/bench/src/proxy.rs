@@ -22,6 +22,7 @@ use plinth_proxy::{Backend, Proxy, ProxyConfig, RouteTable};
 
 use crate::child::{self, Running, Ticks};
 use crate::server::harness::{self, Noise};
+use crate::workdir::WorkDir;
 
 #[derive(Debug, clap::Args)]
 pub struct ProxyArgs {
@@ -489,17 +490,8 @@ pub fn run(args: ProxyArgs) -> Result<()> {
     if args.duration < Duration::from_secs(1) {
         bail!("--duration must be at least 1s (wrk counts whole seconds)");
     }
-    let temp;
-    let root = match &args.keep {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            std::fs::canonicalize(dir)?
-        }
-        None => {
-            temp = tempfile::Builder::new().prefix("plinth-bench-proxy-").tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
+    let work = WorkDir::new(args.keep.as_deref(), "proxy")?;
+    let root = work.path().to_path_buf();
     let plinth =
         std::fs::canonicalize(&args.plinth).with_context(|| format!("{} (build it first)", args.plinth.display()))?;
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned();

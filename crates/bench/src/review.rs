@@ -24,6 +24,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::server::harness::{self, GitRepo, Ms, Noise, ServerOptions, ServerProcess, now_ms, parse_ms};
+use crate::workdir::WorkDir;
 
 #[derive(Debug, clap::Args)]
 pub struct ReviewArgs {
@@ -251,17 +252,8 @@ pub fn run(args: ReviewArgs) -> Result<()> {
     if args.rounds == 0 {
         bail!("--rounds must be at least 1");
     }
-    let temp;
-    let root = match &args.keep {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            std::fs::canonicalize(dir)?
-        }
-        None => {
-            temp = tempfile::Builder::new().prefix("plinth-bench-review-").tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
+    let work = WorkDir::new(args.keep.as_deref(), "review")?;
+    let root = work.path().to_path_buf();
     let dir = root.join("review");
     if dir.exists() {
         bail!("{} exists already; remove it or keep this run somewhere else", dir.display());

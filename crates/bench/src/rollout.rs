@@ -26,6 +26,7 @@ use serde::Deserialize;
 
 use crate::child::{self, Running};
 use crate::server::harness::{self, GitRepo, Ms, Noise, ServerOptions, ServerProcess, now_ms, parse_ms};
+use crate::workdir::WorkDir;
 
 #[derive(Debug, clap::Args)]
 pub struct RolloutArgs {
@@ -392,17 +393,8 @@ pub fn run(args: RolloutArgs) -> Result<()> {
     if args.start_samples == 0 {
         bail!("--start-samples must be at least 1");
     }
-    let temp;
-    let root = match &args.keep {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            std::fs::canonicalize(dir)?
-        }
-        None => {
-            temp = tempfile::Builder::new().prefix("plinth-bench-rollout-").tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
+    let work = WorkDir::new(args.keep.as_deref(), "rollout")?;
+    let root = work.path().to_path_buf();
     let dir = root.join(match args.strategy {
         StrategyArg::Rolling => "rolling",
         StrategyArg::Double => "double",

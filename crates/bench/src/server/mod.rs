@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+use crate::workdir::WorkDir;
 use harness::{GitRepo, Idle, LogLine, Ms, RunView, ServerOptions, ServerProcess, parse_ms};
 
 #[derive(Debug, clap::Args)]
@@ -81,17 +82,8 @@ pub fn run(args: ServerArgs) -> Result<()> {
     if args.commits == 0 {
         bail!("--commits must be at least 1");
     }
-    let temp;
-    let root = match &args.keep {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            dir.clone()
-        }
-        None => {
-            temp = tempfile::Builder::new().prefix("plinth-bench-server-").tempdir()?;
-            temp.path().to_path_buf()
-        }
-    };
+    let work = WorkDir::new(args.keep.as_deref(), "server")?;
+    let root = work.path().to_path_buf();
     let plinth =
         std::fs::canonicalize(&args.plinth).with_context(|| format!("{} (build it first)", args.plinth.display()))?;
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned();
