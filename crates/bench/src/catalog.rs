@@ -25,7 +25,7 @@ use plinth_store::{CidrAsk, EnvFilter, EnvPatch, EnvRecord, EnvRequest, NewEnv, 
 
 use crate::child::{self, Ticks};
 use crate::server::harness::{GitRepo, Noise, ServerOptions, ServerProcess};
-use crate::workdir::WorkDir;
+use crate::workdir::{WorkDir, fresh_dir, load_average, plinth_binary};
 
 #[derive(Debug, clap::Args)]
 pub struct CatalogArgs {
@@ -391,14 +391,9 @@ pub fn run(args: CatalogArgs) -> Result<()> {
     let work = WorkDir::new(args.keep.as_deref(), "catalog")?;
     let root = work.path().to_path_buf();
     let dir = root.join(format!("catalog-{}", args.environments));
-    if dir.exists() {
-        bail!("{} exists already; remove it or keep this run somewhere else", dir.display());
-    }
-    std::fs::create_dir_all(&dir)?;
-    let plinth =
-        std::fs::canonicalize(&args.plinth).with_context(|| format!("{} (build it first)", args.plinth.display()))?;
-    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned();
-    let load_before = load();
+    fresh_dir(&dir)?;
+    let plinth = plinth_binary(&args.plinth)?;
+    let load_before = load_average();
     // Two workers, as the server has on this machine; sqlx runs each SQLite connection on a
     // thread of its own either way.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -576,7 +571,7 @@ pub fn run(args: CatalogArgs) -> Result<()> {
     report(&args, &seeded, db_bytes, &queries, &results, &concurrent, rss);
     report_parts(&queries, &results, &breakdown);
     println!("\nOther processes used {:.0}% of the machine's CPU while the queries ran.", 100.0 * others);
-    println!("Load average (/proc/loadavg) before: {load_before}; after: {}.", load());
+    println!("Load average (/proc/loadavg) before: {load_before}; after: {}.", load_average());
     Ok(())
 }
 

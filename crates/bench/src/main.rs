@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use workdir::WorkDir;
+use workdir::{WorkDir, plinth_binary};
 
 #[derive(Debug, Parser)]
 #[command(name = "plinth-bench")]
@@ -284,8 +284,7 @@ fn measure(args: &ChangedArgs, root: &Path, stacks: usize) -> Result<Figures> {
     git(&dir, &["gc", "-q", "--aggressive"])?;
     let cache = dir.join("plinth-cache");
 
-    let plinth =
-        std::fs::canonicalize(&args.plinth).with_context(|| format!("{} (build it first)", args.plinth.display()))?;
+    let plinth = plinth_binary(&args.plinth)?;
     let plinth_cmd = |extra: &[&str]| {
         let mut cmd = Command::new(&plinth);
         cmd.args(["changed", "--repo"]).arg(&dir).args(["--base", &base, "--head", &head, "--output", "json"]);

@@ -22,7 +22,7 @@ use plinth_proxy::{Backend, Proxy, ProxyConfig, RouteTable};
 
 use crate::child::{self, Running, Ticks};
 use crate::server::harness::{self, Noise};
-use crate::workdir::WorkDir;
+use crate::workdir::{WorkDir, load_average, plinth_binary};
 
 #[derive(Debug, clap::Args)]
 pub struct ProxyArgs {
@@ -492,10 +492,8 @@ pub fn run(args: ProxyArgs) -> Result<()> {
     }
     let work = WorkDir::new(args.keep.as_deref(), "proxy")?;
     let root = work.path().to_path_buf();
-    let plinth =
-        std::fs::canonicalize(&args.plinth).with_context(|| format!("{} (build it first)", args.plinth.display()))?;
-    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned();
-    let load_before = load();
+    let plinth = plinth_binary(&args.plinth)?;
+    let load_before = load_average();
     let noise = Noise::start_ours()?;
 
     let backend_log = std::fs::File::create(root.join("demo-app.log"))?;
@@ -552,7 +550,7 @@ pub fn run(args: ProxyArgs) -> Result<()> {
     let others = noise.others()?;
     report(&args, &rounds);
     println!("\nOther processes used {:.0}% of the machine's CPU during the run.", 100.0 * others);
-    println!("Load average (/proc/loadavg) before: {load_before}; after: {}.", load());
+    println!("Load average (/proc/loadavg) before: {load_before}; after: {}.", load_average());
     Ok(())
 }
 

@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::server::harness::{self, GitRepo, Ms, Noise, ServerOptions, ServerProcess, now_ms, parse_ms};
-use crate::workdir::WorkDir;
+use crate::workdir::{WorkDir, fresh_dir, load_average, plinth_binary};
 
 #[derive(Debug, clap::Args)]
 pub struct ReviewArgs {
@@ -255,14 +255,9 @@ pub fn run(args: ReviewArgs) -> Result<()> {
     let work = WorkDir::new(args.keep.as_deref(), "review")?;
     let root = work.path().to_path_buf();
     let dir = root.join("review");
-    if dir.exists() {
-        bail!("{} exists already; remove it or keep this run somewhere else", dir.display());
-    }
-    std::fs::create_dir_all(&dir)?;
-    let plinth =
-        std::fs::canonicalize(&args.plinth).with_context(|| format!("{} (build it first)", args.plinth.display()))?;
-    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned();
-    let load_before = load();
+    fresh_dir(&dir)?;
+    let plinth = plinth_binary(&args.plinth)?;
+    let load_before = load_average();
 
     let repo = GitRepo::init(dir.join("repo"))?;
     repo.write("plinth.toml", &plinth_toml())?;
@@ -308,7 +303,7 @@ pub fn run(args: ReviewArgs) -> Result<()> {
     let others = noise.others()?;
     report(&args, &rounds);
     println!("\nOther processes used {:.0}% of the machine's CPU during the rounds.", 100.0 * others);
-    println!("Load average (/proc/loadavg) before: {load_before}; after: {}.", load());
+    println!("Load average (/proc/loadavg) before: {load_before}; after: {}.", load_average());
     Ok(())
 }
 

@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use crate::child::{self, Running};
 use crate::server::harness::{self, GitRepo, Ms, Noise, ServerOptions, ServerProcess, now_ms, parse_ms};
-use crate::workdir::WorkDir;
+use crate::workdir::{WorkDir, fresh_dir, load_average, plinth_binary};
 
 #[derive(Debug, clap::Args)]
 pub struct RolloutArgs {
@@ -399,14 +399,9 @@ pub fn run(args: RolloutArgs) -> Result<()> {
         StrategyArg::Rolling => "rolling",
         StrategyArg::Double => "double",
     });
-    if dir.exists() {
-        bail!("{} exists already; remove it or keep this run somewhere else", dir.display());
-    }
-    std::fs::create_dir_all(&dir)?;
-    let plinth =
-        std::fs::canonicalize(&args.plinth).with_context(|| format!("{} (build it first)", args.plinth.display()))?;
-    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned();
-    let load_before = load();
+    fresh_dir(&dir)?;
+    let plinth = plinth_binary(&args.plinth)?;
+    let load_before = load_average();
 
     let mut starts = Vec::new();
     for _ in 0..args.start_samples {
@@ -469,7 +464,7 @@ pub fn run(args: RolloutArgs) -> Result<()> {
     let others = noise.others()?;
     report(&args, &starts, &rollouts);
     println!("\nOther processes used {:.0}% of the machine's CPU during the rounds.", 100.0 * others);
-    println!("Load average (/proc/loadavg) before: {load_before}; after: {}.", load());
+    println!("Load average (/proc/loadavg) before: {load_before}; after: {}.", load_average());
     Ok(())
 }
 

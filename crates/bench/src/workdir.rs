@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 
 pub struct WorkDir {
     path: PathBuf,
@@ -30,4 +30,22 @@ impl WorkDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Creates `dir`, which must not exist yet (`--keep` pointing at an earlier run).
+pub fn fresh_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        bail!("{} exists already; remove it or keep this run somewhere else", dir.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+/// The plinth binary a benchmark times, as an absolute path.
+pub fn plinth_binary(path: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(path).with_context(|| format!("{} (build it first)", path.display()))
+}
+
+/// `/proc/loadavg`, for the report: how busy the machine was before and after.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned()
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::workdir::WorkDir;
+use crate::workdir::{WorkDir, fresh_dir, load_average, plinth_binary};
 use harness::{GitRepo, Idle, LogLine, Ms, RunView, ServerOptions, ServerProcess, parse_ms};
 
 #[derive(Debug, clap::Args)]
@@ -84,10 +84,8 @@ pub fn run(args: ServerArgs) -> Result<()> {
     }
     let work = WorkDir::new(args.keep.as_deref(), "server")?;
     let root = work.path().to_path_buf();
-    let plinth =
-        std::fs::canonicalize(&args.plinth).with_context(|| format!("{} (build it first)", args.plinth.display()))?;
-    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned();
-    let load_before = load();
+    let plinth = plinth_binary(&args.plinth)?;
+    let load_before = load_average();
     if args.figures.contains(&Figure::Overhead) {
         let (samples, others) = overhead(&args, &plinth, &root.join("overhead"))?;
         report_overhead(&args, &samples);
@@ -98,7 +96,7 @@ pub fn run(args: ServerArgs) -> Result<()> {
         report_throughput(&args, &scale);
         report_memory(&args, &scale);
     }
-    println!("\nLoad average (/proc/loadavg) before: {load_before}; after: {}.", load());
+    println!("\nLoad average (/proc/loadavg) before: {load_before}; after: {}.", load_average());
     Ok(())
 }
 
@@ -202,14 +200,6 @@ fn timelines(server: &ServerProcess, runs: &[RunView]) -> Result<Vec<Timeline>> 
     let mut sorted: Vec<&RunView> = runs.iter().collect();
     sorted.sort_by_key(|r| r.id);
     sorted.into_iter().map(|run| Timeline::read(run, &server.api.logs(run.id)?)).collect()
-}
-
-/// Creates `dir`, which must not exist yet (`--keep` pointing at an earlier run).
-fn fresh_dir(dir: &Path) -> Result<()> {
-    if dir.exists() {
-        bail!("{} exists already; remove it or keep this run somewhere else", dir.display());
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
 /// One commit to one stack, timed.
