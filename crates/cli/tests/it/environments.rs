@@ -55,6 +55,13 @@ output "app" {
 }
 "#;
 
+/// `plinth env create` of `dev1` from the sandbox template, `--param` then `rest`.
+fn create_dev1<'a>(rest: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["env", "create", "--template", "sandbox", "--product", "shop", "--name", "dev1", "--param"];
+    args.extend_from_slice(rest);
+    args
+}
+
 fn server() -> Server {
     let mut repo = TestRepo::new();
     repo.write("README.md", "# infra\n");
@@ -85,56 +92,17 @@ fn environments_are_made_listed_updated_and_destroyed_from_the_cli() {
     assert_eq!(schema["parameters"]["required"], serde_json::json!(["app_name"]));
 
     // A value that breaks a rule: exit 1, the parameter and the rule named.
-    let bad = server.admin(&[
-        "env",
-        "create",
-        "--template",
-        "sandbox",
-        "--product",
-        "shop",
-        "--name",
-        "dev1",
-        "--param",
-        "app_name=Shop",
-    ]);
-    let bad = bad.failure();
+    let bad = server.admin(&create_dev1(&["app_name=Shop"])).failure();
     assert!(bad.stderr.contains("error[environment.bad_parameter]"), "{}", bad.stderr);
     assert!(
         bad.stderr.contains("parameter `app_name`: `Shop` does not match the pattern `[a-z]+` [pattern]"),
         "{}",
         bad.stderr
     );
-    let typo = server
-        .admin(&[
-            "env",
-            "create",
-            "--template",
-            "sandbox",
-            "--product",
-            "shop",
-            "--name",
-            "dev1",
-            "--param",
-            "app_name",
-        ])
-        .failure();
+    let typo = server.admin(&create_dev1(&["app_name"])).failure();
     assert!(typo.stderr.contains("error[cli.bad_param]"), "{}", typo.stderr);
 
-    let created = server
-        .admin(&[
-            "env",
-            "create",
-            "--template",
-            "sandbox",
-            "--product",
-            "shop",
-            "--name",
-            "dev1",
-            "--param",
-            "app_name=shop",
-            "--wait",
-        ])
-        .success();
+    let created = server.admin(&create_dev1(&["app_name=shop", "--wait"])).success();
     assert!(created.stdout.contains("succeeded"), "{}", created.stdout);
     assert!(created.stdout.contains("`dev1` is ready at dev1.sandbox.localhost."), "{}", created.stdout);
     let listed = server.admin(&["env", "list"]).success();
