@@ -182,11 +182,10 @@ pub async fn recover(state: &AppState) -> Result<(), plinth_store::StoreError> {
         }
     }
     let declared = crate::policy::current(state).await.map(|p| p.config.environments).unwrap_or_default();
+    let live: std::collections::HashSet<String> = state.store.live_environment_names().await?.into_iter().collect();
     for d in state.store.current_deployments().await? {
         // An environment made on request that is gone has nothing to bring back.
-        if !declared.contains_key(&d.environment)
-            && !state.store.environment(&d.environment).await?.is_some_and(|e| e.status.is_live())
-        {
+        if !declared.contains_key(&d.environment) && !live.contains(&d.environment) {
             continue;
         }
         let Some(release) = state.store.release(d.release_id).await? else { continue };

@@ -203,14 +203,13 @@ pub async fn render_into(
     values: &[(String, Value)],
     dest: &Path,
 ) -> Result<u64, String> {
-    let next = dest.to_path_buf();
-    let _ = tokio::fs::remove_dir_all(&next).await;
-    tokio::fs::create_dir_all(&next).await.map_err(|e| format!("creating {}: {e}", next.display()))?;
+    let _ = tokio::fs::remove_dir_all(dest).await;
+    tokio::fs::create_dir_all(dest).await.map_err(|e| format!("creating {}: {e}", dest.display()))?;
     let git_dir = state.mirror.git_dir().to_path_buf();
     let config = crate::policy::current(state).await?.config;
     let (template, commit, values, env_owned) = (template.to_owned(), commit.to_owned(), values.to_vec(), env.clone());
     let backend = backend(state, env);
-    let next_dir = next.clone();
+    let next_dir = dest.to_path_buf();
     let written = tokio::task::spawn_blocking(move || -> Result<u64, String> {
         let repo = Repo::discover(&git_dir).map_err(|e| e.to_string())?;
         let tree = repo.tree(Some(repo.resolve(&commit).map_err(|e| e.to_string())?)).map_err(|e| e.to_string())?;
@@ -245,7 +244,7 @@ pub async fn render_into(
     })
     .await
     .map_err(|e| format!("rendering the root failed: {e}"))??;
-    fmt(state, env, &next).await?;
+    fmt(state, env, dest).await?;
     Ok(written)
 }
 
