@@ -8,6 +8,8 @@ command -v git >/dev/null 2>&1 || need_apt+=(git)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
 # The process runtime's tests serve HTTP with `python3 -m http.server`.
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+# The CLI's server tests stop a server with `kill -TERM` (procps; slim images lack it).
+type -P kill >/dev/null || need_apt+=(procps)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo=""
@@ -25,3 +27,13 @@ if ! command -v terraform >/dev/null 2>&1; then
   exit 1
 fi
 terraform version | head -n 1
+
+# CI checks formatting and lints too; a minimal rustup profile has neither.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  if command -v rustup >/dev/null 2>&1; then
+    rustup component add rustfmt clippy
+  else
+    echo "cargo fmt or cargo clippy is missing; install the rustfmt and clippy components of your toolchain." >&2
+    exit 1
+  fi
+fi
