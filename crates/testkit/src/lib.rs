@@ -109,6 +109,16 @@ impl TestRepo {
         self
     }
 
+    /// Commits everything on a new branch that appears only with that commit, as a pushed new
+    /// branch does (with `branch` then `commit`, a poll in between sees the branch at its
+    /// parent); switches to it and returns the commit's hash.
+    pub fn branch_commit(&mut self, name: &str, message: &str) -> String {
+        self.git(&["checkout", "-q", "--detach"]);
+        let head = self.commit(message);
+        self.git(&["checkout", "-q", "-b", name]);
+        head
+    }
+
     /// Switches to an existing branch.
     pub fn checkout(&self, name: &str) -> &Self {
         self.git(&["checkout", "-q", name]);

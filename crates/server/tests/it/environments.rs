@@ -634,12 +634,11 @@ async fn review_environments_expire_and_respect_the_maximum() {
     let markers = tempfile::tempdir().unwrap();
     let config = CONFIG.replace("ttl = \"1h\"", "ttl = \"4s\"").replace("max = 4", "max = 1");
     let mut server = setup(&config, markers.path()).await;
-    server.repo.branch("feature/one");
-    server.repo.commit("one");
+    server.repo.branch_commit("feature/one", "one");
     server.repo.checkout("main");
     review_status(&server, "review-feature-one", "ready").await;
-    server.repo.branch("feature/two");
-    server.repo.commit("two");
+    // One head only, so one refusal: a new head would be refused, and said, again.
+    server.repo.branch_commit("feature/two", "two");
     server.repo.checkout("main");
     // No room for a second one: said once in the audit log.
     let refused = eventually("the refusal", LONG, || async {
