@@ -4,8 +4,9 @@
 //!
 //! The instance is the real `plinth demo-app`. The proxy is `plinth-proxy` itself, the code the
 //! server runs behind `--proxy-listen` (`Proxy::new(ProxyConfig::default())`, one route),
-//! served in this process on its own tokio runtime with 2 worker threads (`--proxy-runtime
-//! per-thread` tries a current-thread runtime per thread instead). nginx is Debian's,
+//! served in this process with 2 worker threads, each a current-thread tokio runtime, as the
+//! server runs it (`--proxy-runtime shared` measures the earlier shape, one multi-thread
+//! runtime). nginx is Debian's,
 //! with 2 workers and a keep-alive upstream pool, configured to forward the same headers.
 //! `wrk` loads each of the three in turn, round after round, and the medians are compared.
 //! Every process shares the machine's cores, so the figures are ratios within one run.
@@ -46,9 +47,9 @@ pub struct ProxyArgs {
     /// An unreported `wrk` run against each first, so that connection pools and caches are warm.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warm_up: Duration,
-    /// How plinth's proxy is run: `multi-thread` as the server runs it, or `per-thread` (an
-    /// experiment: a current-thread runtime and a `SO_REUSEPORT` listener per thread).
-    #[arg(long, value_enum, default_value_t = ProxyRuntime::MultiThread)]
+    /// How plinth's proxy is run: `workers` as the server runs it, or `shared` (the shape
+    /// before worker threads: one multi-thread runtime for every connection).
+    #[arg(long, value_enum, default_value_t = ProxyRuntime::Workers)]
     proxy_runtime: ProxyRuntime,
     /// plinth's proxy's worker threads (the server runs one per core); nginx keeps
     /// `worker_processes 2` whatever this says, and the report says when they differ.
@@ -212,92 +213,64 @@ fn wait_answering(addr: SocketAddr, what: &str, mut alive: impl FnMut() -> Resul
 /// How the in-process proxy is run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProxyRuntime {
-    /// One multi-thread (work-stealing) tokio runtime with 2 workers and one listener: how
-    /// `plinth server` runs it.
-    MultiThread,
-    /// 2 threads, each with a current-thread runtime and its own `SO_REUSEPORT` listener on
-    /// the same port, sharing one `Proxy` (routes and pools): nginx's shape. An experiment, not
-    /// what the server does.
-    PerThread,
+    /// As `plinth server` runs it: `ProxyConfig::workers` threads, each with a current-thread
+    /// runtime and its own backend pool, taking the connections an accepting task hands them.
+    Workers,
+    /// The shape before worker threads (`ProxyConfig { workers: 0, .. }`): one multi-thread
+    /// (work-stealing) tokio runtime whose tasks serve every connection, sharing one pool.
+    Shared,
 }
 
 /// plinth's proxy in this process, on runtimes of its own, until [`InProcessProxy::stop`].
 struct InProcessProxy {
     addr: SocketAddr,
     shutdown: tokio::sync::watch::Sender<bool>,
-    threads: Vec<std::thread::JoinHandle<Result<()>>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 impl InProcessProxy {
     fn start(backend: SocketAddr, how: ProxyRuntime, workers: usize) -> Result<InProcessProxy> {
-        let proxy = Proxy::new(ProxyConfig::default());
-        proxy.set_routes(RouteTable::new().with_route(HOST, vec![Backend::new("demo-app-v1", backend)])?);
-        let (shutdown, stopped) = tokio::sync::watch::channel(false);
-        let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<SocketAddr>>();
-        let listeners = match how {
-            ProxyRuntime::MultiThread => 1,
-            ProxyRuntime::PerThread => workers,
-        };
-        let mut threads = Vec::new();
-        let mut addr: Option<SocketAddr> = None;
-        for n in 0..listeners {
-            let runtime = match how {
-                ProxyRuntime::MultiThread => tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(workers)
-                    .thread_name("plinth-proxy")
-                    .enable_all()
-                    .build(),
-                ProxyRuntime::PerThread => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        let (config, mut runtime) = match how {
+            // Accepting is all the caller's runtime does.
+            ProxyRuntime::Workers => {
+                (ProxyConfig { workers, ..ProxyConfig::default() }, tokio::runtime::Builder::new_current_thread())
             }
-            .context("starting the proxy's runtime")?;
-            let (proxy, mut stopped, bound_tx) = (proxy.clone(), stopped.clone(), bound_tx.clone());
-            let at = addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-            let thread = std::thread::Builder::new().name(format!("plinth-proxy-{n}")).spawn(move || {
-                runtime.block_on(async move {
-                    let listener = (|| {
-                        let socket = tokio::net::TcpSocket::new_v4()?;
-                        socket.set_reuseaddr(true)?;
-                        if how == ProxyRuntime::PerThread {
-                            socket.set_reuseport(true)?;
-                        }
-                        socket.bind(at)?;
-                        socket.listen(1024)
-                    })()
-                    .context("binding the proxy's listener");
-                    let listener = match listener {
-                        Ok(listener) => {
-                            let _ = bound_tx.send(listener.local_addr().map_err(anyhow::Error::from));
-                            listener
-                        }
-                        Err(e) => {
-                            let _ = bound_tx.send(Err(anyhow::anyhow!("{e:#}")));
-                            return Err(e);
-                        }
-                    };
-                    // Spawned, so that the accept loop runs on the runtime's workers as in the
-                    // server, not on this thread.
-                    tokio::spawn(async move {
-                        proxy
-                            .serve(listener, async move {
-                                let _ = stopped.wait_for(|stop| *stop).await;
-                            })
-                            .await
-                    })
-                    .await
-                    .context("the proxy's task")?
-                    .context("serving")
+            ProxyRuntime::Shared => {
+                let mut runtime = tokio::runtime::Builder::new_multi_thread();
+                runtime.worker_threads(workers);
+                (ProxyConfig { workers: 0, ..ProxyConfig::default() }, runtime)
+            }
+        };
+        let runtime =
+            runtime.thread_name("plinth-proxy").enable_all().build().context("starting the proxy's runtime")?;
+        let proxy = Proxy::new(config);
+        proxy.set_routes(RouteTable::new().with_route(HOST, vec![Backend::new("demo-app-v1", backend)])?);
+        let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).context("binding the proxy's listener")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let thread = std::thread::Builder::new().name("plinth-proxy".into()).spawn(move || {
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                // Spawned, so that with `shared` the connections' tasks run on the runtime's
+                // workers as in that shape, not on this thread.
+                tokio::spawn(async move {
+                    proxy
+                        .serve(listener, async move {
+                            let _ = stopped.wait_for(|stop| *stop).await;
+                        })
+                        .await
                 })
-            })?;
-            threads.push(thread);
-            let bound = bound_rx.recv().context("the proxy's thread ended before binding")??;
-            addr = Some(bound);
-        }
-        let addr = addr.context("no listener")?;
-        Ok(InProcessProxy { addr, shutdown, threads })
+                .await
+                .context("the proxy's task")?
+                .context("serving")
+            })
+        })?;
+        Ok(InProcessProxy { addr, shutdown, thread: Some(thread) })
     }
 
     fn check_alive(&self) -> Result<()> {
-        if self.threads.iter().any(std::thread::JoinHandle::is_finished) {
+        if self.thread.as_ref().is_none_or(std::thread::JoinHandle::is_finished) {
             bail!("plinth's proxy stopped serving");
         }
         Ok(())
@@ -305,13 +278,11 @@ impl InProcessProxy {
 
     fn stop(&mut self) -> Result<()> {
         let _ = self.shutdown.send(true);
-        for thread in self.threads.drain(..) {
-            match thread.join() {
-                Ok(result) => result.context("plinth's proxy")?,
-                Err(_) => bail!("plinth's proxy thread panicked"),
-            }
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(result)) => result.context("plinth's proxy"),
+            Some(Err(_)) => bail!("plinth's proxy thread panicked"),
         }
-        Ok(())
     }
 }
 
@@ -584,8 +555,8 @@ fn report(args: &ProxyArgs, rounds: &[Vec<Sample>]) {
         if args.one_connection { " and `wrk -t1 -c1` (one connection)" } else { "" },
         args.proxy_workers,
         match args.proxy_runtime {
-            ProxyRuntime::MultiThread => "",
-            ProxyRuntime::PerThread => ", a current-thread runtime each",
+            ProxyRuntime::Workers => ", a current-thread runtime each",
+            ProxyRuntime::Shared => " of one multi-thread runtime",
         },
         rounds.len()
     );

@@ -10,7 +10,13 @@
 //! - A drain registers in `waiters` and arms its `Notify` before reading `in_flight`; the last
 //!   request out reads `waiters` after decrementing. So the wake-up is never lost, and a
 //!   request pays for `notify_waiters` only when someone waits.
+//!
+//! The fast path's idle streams are kept per worker thread (`POOL_SLOT`): a tokio stream is
+//! driven by the runtime it was opened on, so a stream opened on one worker and taken by
+//! another would have every read and write woken by the first worker's thread. Each worker
+//! takes only the streams it opened; threads that are not workers share slot 0.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -38,7 +44,21 @@ pub enum Drained {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PoolLimits {
     pub(crate) idle_timeout: Duration,
+    /// Per pool: the hyper path's, and each worker's fast-path pool.
     pub(crate) max_idle: usize,
+    /// How many fast-path pools: one per worker thread, and slot 0 for every other thread.
+    pub(crate) slots: usize,
+}
+
+thread_local! {
+    /// Which fast-path pool this thread uses: its worker number plus one on the proxy's worker
+    /// threads (see `server::Workers`), 0 on every other thread.
+    static POOL_SLOT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes this thread take and keep fast-path streams in pool `slot` (1 for the first worker).
+pub(crate) fn set_pool_slot(slot: usize) {
+    POOL_SLOT.set(slot);
 }
 
 #[derive(Debug)]
@@ -55,8 +75,9 @@ pub(crate) struct BackendState {
     failed_at: AtomicU64,
     /// Idle connections of the hyper path.
     idle: IdlePool<Sender>,
-    /// Idle connections of the fast path: plain keep-alive TCP streams between requests.
-    raw_idle: IdlePool<TcpStream>,
+    /// Idle connections of the fast path: plain keep-alive TCP streams between requests, one
+    /// pool per [`POOL_SLOT`].
+    raw_idle: Box<[IdlePool<TcpStream>]>,
 }
 
 /// Idle keep-alive connections, oldest first; the same limits and reaping for both kinds.
@@ -132,8 +153,14 @@ impl BackendState {
             idle_now: Notify::new(),
             failed_at: AtomicU64::new(0),
             idle: IdlePool::new(),
-            raw_idle: IdlePool::new(),
+            raw_idle: (0..limits.slots.max(1)).map(|_| IdlePool::new()).collect(),
         }
+    }
+
+    /// This thread's fast-path pool; slot 0 for a slot this backend does not have.
+    fn raw_pool(&self) -> &IdlePool<TcpStream> {
+        let slot = POOL_SLOT.get();
+        self.raw_idle.get(slot).unwrap_or(&self.raw_idle[0])
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -220,24 +247,34 @@ impl BackendState {
     /// An idle fast-path stream that is fresh and, as far as a non-blocking read can tell,
     /// still open; newest first. It may still turn out closed: see `fast`'s retry rule.
     pub(crate) fn checkout_raw(&self) -> Option<TcpStream> {
-        self.raw_idle.take(self.limits, is_open_and_silent)
+        self.raw_pool().take(self.limits, is_open_and_silent)
     }
 
     /// Keeps a fast-path stream whose response was read to its end, as [`checkin`](Self::checkin).
     pub(crate) fn checkin_raw(&self, stream: TcpStream) {
-        self.raw_idle.put(stream, self.limits, &self.retired);
+        self.raw_pool().put(stream, self.limits, &self.retired);
     }
 
     /// Closes idle connections that are too old or that the backend has closed.
     pub(crate) fn reap_idle(&self, now: Instant) {
         self.idle.retain(self.limits, now, |sender| !sender.is_closed());
-        self.raw_idle.retain(self.limits, now, is_open_and_silent);
+        for pool in &self.raw_idle {
+            pool.retain(self.limits, now, is_open_and_silent);
+        }
     }
 
     /// Closes every idle connection.
     pub(crate) fn close_idle(&self) {
         self.idle.clear();
-        self.raw_idle.clear();
+        for pool in &self.raw_idle {
+            pool.clear();
+        }
+    }
+
+    /// Closes the idle fast-path streams of this thread's pool: a worker's, before its runtime
+    /// stops.
+    pub(crate) fn close_idle_here(&self) {
+        self.raw_pool().clear();
     }
 }
 
@@ -311,7 +348,7 @@ mod tests {
     use super::*;
 
     fn states(n: u16) -> Vec<Arc<BackendState>> {
-        let limits = PoolLimits { idle_timeout: Duration::from_secs(1), max_idle: 4 };
+        let limits = PoolLimits { idle_timeout: Duration::from_secs(1), max_idle: 4, slots: 1 };
         (0..n)
             .map(|i| {
                 let backend = Backend::new(format!("b{i}"), ([127, 0, 0, 1], 1000 + i).into());

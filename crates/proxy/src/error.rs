@@ -124,12 +124,15 @@ fn lowercase_first(sentence: &str) -> String {
 pub enum ServeError {
     #[error("the proxy's listener is not usable: {0}")]
     Listener(std::io::Error),
+    #[error("the proxy could not start its worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 impl ErrorCode for ServeError {
     fn code(&self) -> &'static str {
         match self {
             ServeError::Listener(_) => "proxy.listener",
+            ServeError::Workers(_) => "proxy.workers",
         }
     }
 
@@ -141,6 +144,11 @@ impl ErrorCode for ServeError {
         match self {
             ServeError::Listener(_) => {
                 "Check that `--proxy-listen` (or `--tls-listen`) names a free address this user may bind.".into()
+            }
+            ServeError::Workers(_) => {
+                "The system refused a thread or an event queue: check this user's limits on processes and open \
+                 files (`ulimit -u`, `ulimit -n`)."
+                    .into()
             }
         }
     }

@@ -88,7 +88,7 @@ pub struct ProxyConfig {
     /// the 5 s after which Node.js and uvicorn close idle connections, so the proxy closes
     /// first and never writes a request into a connection the backend is closing.
     pub pool_idle_timeout: Duration,
-    /// At most this many idle connections are kept per backend.
+    /// At most this many idle connections are kept per backend and worker thread.
     pub pool_max_idle_per_backend: usize,
     /// After a failed connect, the backend is chosen only when the route's other backends are
     /// failing too, for this long.
@@ -99,6 +99,13 @@ pub struct ProxyConfig {
     /// How long a client of [`Proxy::serve_tls`] may take to complete its TLS handshake,
     /// including the issuing of a certificate its host has not had yet.
     pub tls_handshake_timeout: Duration,
+    /// Threads that serve client connections, each running a single-threaded runtime with
+    /// its own pool of backend connections, as nginx's worker processes do. A connection stays
+    /// on the worker that took it (the one with the fewest connections), and so do the backend
+    /// connections its requests use: no request is passed between threads. The task calling
+    /// [`Proxy::serve`] only accepts. 0 serves connections as tasks of the caller's runtime
+    /// instead. The default is one per core.
+    pub workers: usize,
 }
 
 impl Default for ProxyConfig {
@@ -111,6 +118,7 @@ impl Default for ProxyConfig {
             failure_cooldown: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
+            workers: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         }
     }
 }
@@ -209,7 +217,10 @@ impl Proxy {
     /// [`ProxyConfig::shutdown_grace`], closes what is left and returns.
     ///
     /// Accept errors (a client gone before it was accepted, no file descriptors left) are
-    /// logged and accepting goes on; only an unusable listener is an error.
+    /// logged and accepting goes on; only an unusable listener, or worker threads that could not
+    /// start, is an error. The [workers](ProxyConfig::workers) have stopped when this returns;
+    /// dropping the future before `shutdown` stops them too, once their requests in flight are
+    /// answered.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
@@ -241,8 +252,11 @@ impl Inner {
     /// Swaps in a table: backends it names are (again) in service before the swap, and those
     /// it drops are retired after it. Retired backends with nothing in flight are forgotten.
     fn install(&self, registry: &mut HashMap<String, Arc<BackendState>>, table: RouteTable) {
-        let limits =
-            PoolLimits { idle_timeout: self.config.pool_idle_timeout, max_idle: self.config.pool_max_idle_per_backend };
+        let limits = PoolLimits {
+            idle_timeout: self.config.pool_idle_timeout,
+            max_idle: self.config.pool_max_idle_per_backend,
+            slots: self.config.workers + 1,
+        };
         let mut upstreams = Vec::with_capacity(table.len());
         for route in table.routes() {
             let mut backends = Vec::with_capacity(route.backends().len());

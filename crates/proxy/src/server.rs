@@ -1,12 +1,14 @@
-//! The accept loop: one task per client connection (plain, or TLS first), idle backend
-//! connections reaped, and the shutdown (stop accepting, let what is in flight finish for a
-//! grace period, close the rest).
+//! The accept loop: each client connection handed to the worker thread with the fewest (or,
+//! without workers, a task on the caller's runtime) and served there by one task (plain, or
+//! TLS first); idle backend connections reaped; and the shutdown (stop accepting, let what is
+//! in flight finish for a grace period, close the rest, wait for the workers to stop).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use hyper::header::HeaderValue;
@@ -14,11 +16,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::Inner;
+use crate::backend;
 use crate::error::ServeError;
 use crate::fast::{self, Served};
 use crate::forward::{self, Conn};
@@ -38,13 +42,18 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
-    let tracker = TaskTracker::new();
-    // Fired at the shutdown signal: connections finish their request and close.
-    let stopping = Arc::new(Signal::default());
-    // Cancelled when the grace period is over: whatever is left closes now.
-    let abort = CancellationToken::new();
-    tracker.spawn(reap_idle(Arc::clone(&inner), Arc::clone(&stopping)));
-    info!(%addr, tls = ca.is_some(), "The proxy is listening.");
+    let shared = Shared {
+        inner: Arc::clone(&inner),
+        ca,
+        tracker: TaskTracker::new(),
+        stopping: Arc::new(Signal::default()),
+        abort: CancellationToken::new(),
+    };
+    // However this function ends, even by being dropped, the workers are told to stop.
+    let _stop = StopOnDrop(shared.clone());
+    let workers = Workers::start(&shared, inner.config.workers).map_err(ServeError::Workers)?;
+    shared.tracker.spawn(reap_idle(Arc::clone(&inner), Arc::clone(&shared.stopping)));
+    info!(%addr, tls = shared.ca.is_some(), workers = inner.config.workers, "The proxy is listening.");
 
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -57,24 +66,7 @@ pub(crate) async fn serve(
                 if let Err(error) = stream.set_nodelay(true) {
                     debug!(%client, %error, "Could not set TCP_NODELAY.");
                 }
-                let conn = Conn {
-                    inner: Arc::clone(&inner),
-                    client_ip: client_ip(client),
-                    tls: ca.is_some(),
-                    tracker: tracker.clone(),
-                    abort: abort.clone(),
-                };
-                match &ca {
-                    None => tracker.spawn(connection(stream, client, conn, Arc::clone(&stopping), abort.clone())),
-                    Some(ca) => tracker.spawn(tls_connection(
-                        Arc::clone(ca),
-                        stream,
-                        client,
-                        conn,
-                        Arc::clone(&stopping),
-                        abort.clone(),
-                    )),
-                };
+                workers.take(&shared, stream, client);
             }
             Err(error) if is_about_one_client(&error) => debug!(%error, "A client left before it was accepted."),
             Err(error) => {
@@ -88,19 +80,163 @@ pub(crate) async fn serve(
     }
 
     drop(listener);
-    stopping.fire();
-    tracker.close();
-    info!(%addr, connections = tracker.len(), "The proxy stopped accepting; waiting for requests in flight.");
-    if tokio::time::timeout(inner.config.shutdown_grace, tracker.wait()).await.is_err() {
-        warn!(%addr, left = tracker.len(), "The shutdown grace period is over; closing what is left.");
-        abort.cancel();
-        tracker.wait().await;
+    shared.stopping.fire();
+    shared.tracker.close();
+    info!(%addr, connections = shared.tracker.len(), "The proxy stopped accepting; waiting for requests in flight.");
+    let workers_stopped = workers.stop();
+    let mut stopped = std::pin::pin!(async {
+        workers_stopped.await;
+        shared.tracker.wait().await;
+    });
+    if tokio::time::timeout(inner.config.shutdown_grace, stopped.as_mut()).await.is_err() {
+        warn!(%addr, left = shared.tracker.len(), "The shutdown grace period is over; closing what is left.");
+        shared.abort.cancel();
+        stopped.await;
     }
     for backend in inner.backends() {
         backend.close_idle();
     }
     info!(%addr, "The proxy stopped.");
     Ok(())
+}
+
+/// What every connection of one [`serve`] shares.
+#[derive(Clone)]
+struct Shared {
+    inner: Arc<Inner>,
+    ca: Option<Arc<LocalCa>>,
+    tracker: TaskTracker,
+    /// Fired at the shutdown signal: connections finish their request and close.
+    stopping: Arc<Signal>,
+    /// Cancelled when the grace period is over: whatever is left closes now.
+    abort: CancellationToken,
+}
+
+impl Shared {
+    /// Serves an accepted connection, on the runtime that polls the returned future.
+    fn connection(&self, stream: TcpStream, client: SocketAddr) -> impl Future<Output = ()> + Send + 'static {
+        let conn = Conn {
+            inner: Arc::clone(&self.inner),
+            client_ip: client_ip(client),
+            tls: self.ca.is_some(),
+            tracker: self.tracker.clone(),
+            abort: self.abort.clone(),
+        };
+        let (ca, stopping, abort) = (self.ca.clone(), Arc::clone(&self.stopping), self.abort.clone());
+        async move {
+            match ca {
+                None => connection(stream, client, conn, stopping, abort).await,
+                Some(ca) => tls_connection(ca, stream, client, conn, stopping, abort).await,
+            }
+        }
+    }
+}
+
+/// Tells connections to finish and lets the workers end once they have; what the shutdown
+/// does first, for a [`serve`] that ends any other way.
+struct StopOnDrop(Shared);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stopping.fire();
+        self.0.tracker.close();
+    }
+}
+
+/// The worker threads of one [`serve`] (see [`ProxyConfig::workers`](crate::ProxyConfig)):
+/// each runs a current-thread runtime that serves the connections handed to it, with its own
+/// pool of fast-path backend streams. None: connections are served on the caller's runtime.
+struct Workers(Vec<Worker>);
+
+struct Worker {
+    connections: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    /// Connections handed to this worker and not yet closed.
+    open: Arc<AtomicUsize>,
+    /// Resolves once the worker's thread has dropped its runtime.
+    stopped: oneshot::Receiver<()>,
+}
+
+/// One connection counted against its worker until dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Workers {
+    fn start(shared: &Shared, count: usize) -> io::Result<Workers> {
+        (0..count).map(|n| Worker::start(shared.clone(), n)).collect::<io::Result<_>>().map(Workers)
+    }
+
+    /// Hands a connection to the worker with the fewest open, or serves it on this runtime
+    /// when there are no workers.
+    fn take(&self, shared: &Shared, stream: TcpStream, client: SocketAddr) {
+        let Some(worker) = self.0.iter().min_by_key(|worker| worker.open.load(Relaxed)) else {
+            shared.tracker.spawn(shared.connection(stream, client));
+            return;
+        };
+        // Deregistered from this runtime, to be registered with the worker's.
+        match stream.into_std() {
+            Ok(stream) => {
+                worker.open.fetch_add(1, Relaxed);
+                if worker.connections.send((stream, client)).is_err() {
+                    worker.open.fetch_sub(1, Relaxed);
+                    error!(%client, "A proxy worker thread is gone; the connection was closed.");
+                }
+            }
+            Err(error) => debug!(%client, %error, "A client connection could not be handed to a worker."),
+        }
+    }
+
+    /// Stops handing out connections; resolves once every worker has served what it had and
+    /// stopped (which needs the tracker closed).
+    fn stop(self) -> impl Future<Output = ()> {
+        let stopped: Vec<_> = self.0.into_iter().map(|worker| worker.stopped).collect();
+        async move {
+            for worker in stopped {
+                // An error means the thread ended without a word: it is stopped all the same.
+                let _ = worker.await;
+            }
+        }
+    }
+}
+
+impl Worker {
+    fn start(shared: Shared, n: usize) -> io::Result<Worker> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (connections, mut handed) = mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
+        let (stopped_tx, stopped) = oneshot::channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&open);
+        std::thread::Builder::new().name(format!("plinth-proxy-{n}")).spawn(move || {
+            backend::set_pool_slot(n + 1);
+            runtime.block_on(async {
+                while let Some((stream, client)) = handed.recv().await {
+                    let open = Open(Arc::clone(&counted));
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => {
+                            let connection = shared.connection(stream, client);
+                            shared.tracker.spawn(async move {
+                                connection.await;
+                                drop(open);
+                            });
+                        }
+                        Err(error) => debug!(%client, %error, "A proxy worker could not take a connection."),
+                    }
+                }
+                // The accept loop has stopped: what is open here is served to its end.
+                shared.tracker.wait().await;
+                for backend in shared.inner.backends() {
+                    backend.close_idle_here();
+                }
+            });
+            drop(runtime);
+            let _ = stopped_tx.send(());
+        })?;
+        Ok(Worker { connections, open, stopped })
+    }
 }
 
 /// Completes a TLS handshake within [`ProxyConfig::tls_handshake_timeout`](crate::ProxyConfig),

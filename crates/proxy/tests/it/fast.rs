@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use plinth_proxy::{Backend, Drained, RouteTable};
+use plinth_proxy::{Backend, Drained, ProxyConfig, RouteTable};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -161,7 +161,7 @@ async fn content_length_bodies_reach_the_backend_buffered_or_streamed() {
     // The connection goes on.
     raw.send(GET).await;
     assert_eq!(raw.read_response().await.body, b"app");
-    assert_eq!(proxy.proxy.in_flight("app"), 0);
+    proxy.settled("app").await;
 }
 
 #[tokio::test]
@@ -295,7 +295,7 @@ async fn a_get_on_a_pooled_connection_that_closed_is_sent_again() {
     assert_eq!((response.status, response.body.as_slice()), (200, &b"two"[..]));
     let seen = within("the script", script).await.unwrap();
     assert_eq!(seen.len(), 2, "{seen:?}");
-    assert_eq!(proxy.proxy.in_flight("raw"), 0);
+    proxy.settled("raw").await;
 }
 
 #[tokio::test]
@@ -354,4 +354,97 @@ async fn an_upgrade_after_plain_requests_goes_to_hyper_with_its_bytes() {
     raw.send(b"pong").await;
     assert_eq!(raw.read_exact(4).await, b"pong");
     assert_eq!(proxy.proxy.in_flight("app"), 1);
+}
+
+/// The first line of a request read from `conn`, or `None` at the end of the stream.
+async fn request_line(conn: &mut BufReader<TcpStream>) -> Option<String> {
+    read_request(conn).await.map(|request| request.lines().next().unwrap_or_default().to_owned())
+}
+
+async fn answer(conn: &mut BufReader<TcpStream>, body: &str) {
+    reply(conn, format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes()).await;
+}
+
+#[tokio::test]
+async fn each_worker_reuses_only_the_backend_connections_it_opened() {
+    let (backend, table) = Scripted::start().await;
+    let config = ProxyConfig { workers: 2, ..ProxyConfig::default() };
+    let proxy = TestProxy::with_config(config, table).await;
+    let script = tokio::spawn(async move {
+        let mut first = backend.accept().await;
+        let mut seen = vec![request_line(&mut first).await];
+        answer(&mut first, "a").await;
+        // The second client is on the other worker, whose pool is empty: a new connection,
+        // although the first one is idle.
+        let mut second = backend.accept().await;
+        seen.push(request_line(&mut second).await);
+        answer(&mut second, "b").await;
+        seen.push(request_line(&mut first).await);
+        answer(&mut first, "a").await;
+        seen.push(request_line(&mut second).await);
+        answer(&mut second, "b").await;
+        seen
+    });
+    // Connected one after the other, so that each worker has one (the fewest goes first).
+    let mut clients = [Raw::connect(proxy.addr).await, Raw::connect(proxy.addr).await];
+    for (client, path) in [(0, "a"), (1, "b"), (0, "a"), (1, "b")] {
+        let client = &mut clients[client];
+        client.send(format!("GET /{path} HTTP/1.1\r\nHost: app.localhost\r\n\r\n").as_bytes()).await;
+        assert_eq!(client.read_response().await.body, path.as_bytes());
+    }
+    let seen = within("the script", script).await.unwrap();
+    let [first_a, first_b, second_a, second_b] = seen.try_into().unwrap();
+    assert_eq!(
+        [first_a, second_a, first_b, second_b].map(Option::unwrap_or_default),
+        ["GET /a HTTP/1.1", "GET /a HTTP/1.1", "GET /b HTTP/1.1", "GET /b HTTP/1.1"]
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_serve_stops_its_workers_and_closes_their_connections() {
+    let (backend, table) = Scripted::start().await;
+    let mut proxy = TestProxy::start(table).await;
+    let script = tokio::spawn(async move {
+        let mut conn = backend.accept().await;
+        let first = request_line(&mut conn).await;
+        answer(&mut conn, "ok").await;
+        // Idle in the worker's pool until the worker stops, which closes it.
+        (first, request_line(&mut conn).await)
+    });
+    let mut raw = Raw::connect(proxy.addr).await;
+    raw.send(GET).await;
+    assert_eq!(raw.read_response().await.body, b"ok");
+
+    proxy.served().abort();
+    // The idle client connection closes, and so does the pooled backend connection.
+    assert_eq!(within("the idle client connection to close", raw.read_to_end()).await, b"");
+    let (first, after) = within("the script", script).await.unwrap();
+    assert_eq!((first.as_deref(), after), (Some("GET / HTTP/1.1"), None));
+}
+
+#[tokio::test]
+async fn without_workers_the_callers_runtime_serves_keep_alive_and_shuts_down() {
+    let (backend, table) = Scripted::start().await;
+    let config = ProxyConfig { workers: 0, ..ProxyConfig::default() };
+    let mut proxy = TestProxy::with_config(config, table).await;
+    let script = tokio::spawn(async move {
+        let mut conn = backend.accept().await;
+        let mut seen = Vec::new();
+        for body in ["one", "two"] {
+            seen.push(request_line(&mut conn).await);
+            answer(&mut conn, body).await;
+        }
+        // The shutdown closes the pooled connection.
+        seen.push(request_line(&mut conn).await);
+        seen
+    });
+    let mut raw = Raw::connect(proxy.addr).await;
+    for body in ["one", "two"] {
+        raw.send(GET).await;
+        assert_eq!(raw.read_response().await.body, body.as_bytes());
+    }
+    proxy.shut_down();
+    proxy.stopped().await.unwrap();
+    let seen = within("the script", script).await.unwrap();
+    assert_eq!(seen, [Some("GET / HTTP/1.1".to_owned()), Some("GET / HTTP/1.1".to_owned()), None]);
 }

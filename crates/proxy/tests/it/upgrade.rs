@@ -48,5 +48,5 @@ async fn a_refused_upgrade_is_an_ordinary_response() {
     // The connection goes on as plain HTTP.
     raw.send(b"GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n").await;
     assert_eq!(raw.read_response().await.body, b"app");
-    assert_eq!(proxy.proxy.in_flight("app"), 0);
+    proxy.settled("app").await;
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plinth_proxy::{LocalCa, Proxy, ProxyConfig, RouteTable, ServeError};
+use plinth_proxy::{Drained, LocalCa, Proxy, ProxyConfig, RouteTable, ServeError};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -105,6 +105,14 @@ impl TestProxy {
     /// The task running `serve`, to await with a timeout of the test's own.
     pub fn served(&mut self) -> &mut JoinHandle<Result<(), ServeError>> {
         &mut self.served
+    }
+
+    /// Waits until nothing is in flight on `backend`. A request stops counting just after the
+    /// last byte of its response is written, on the proxy's worker thread, so its client can
+    /// hold the whole response a moment before.
+    pub async fn settled(&self, backend: &str) {
+        let drained = self.proxy.drained(backend, DEADLINE);
+        assert_eq!(within("the backend's requests to settle", drained).await, Drained::Done, "{backend}");
     }
 
     /// Waits for `serve` to return.
