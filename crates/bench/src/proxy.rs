@@ -5,8 +5,8 @@
 //! The instance is the real `plinth demo-app`. The proxy is `plinth-proxy` itself, the code the
 //! server runs behind `--proxy-listen` (`Proxy::new(ProxyConfig::default())`, one route),
 //! served in this process with 2 worker threads, each a current-thread tokio runtime, as the
-//! server runs it (`--proxy-runtime shared` measures the earlier shape, one multi-thread
-//! runtime). nginx is Debian's,
+//! server runs it (`--also-shared` loads the earlier shape too, one multi-thread runtime, in
+//! the same rounds). nginx is Debian's,
 //! with 2 workers and a keep-alive upstream pool, configured to forward the same headers.
 //! `wrk` loads each of the three in turn, round after round, and the medians are compared.
 //! Every process shares the machine's cores, so the figures are ratios within one run.
@@ -47,10 +47,10 @@ pub struct ProxyArgs {
     /// An unreported `wrk` run against each first, so that connection pools and caches are warm.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warm_up: Duration,
-    /// How plinth's proxy is run: `workers` as the server runs it, or `shared` (the shape
-    /// before worker threads: one multi-thread runtime for every connection).
-    #[arg(long, value_enum, default_value_t = ProxyRuntime::Workers)]
-    proxy_runtime: ProxyRuntime,
+    /// Also load, in every round, plinth's proxy in the shape it had before worker threads
+    /// (one multi-thread runtime for every connection), to compare the two in the same rounds.
+    #[arg(long)]
+    also_shared: bool,
     /// plinth's proxy's worker threads (the server runs one per core); nginx keeps
     /// `worker_processes 2` whatever this says, and the report says when they differ.
     #[arg(long, default_value_t = WORKERS)]
@@ -72,18 +72,29 @@ const WORKERS: usize = 2;
 enum Target {
     Direct,
     Plinth,
+    /// plinth's proxy on one shared multi-thread runtime (`--also-shared`).
+    PlinthShared,
     Nginx,
 }
-
-const TARGETS: [Target; 3] = [Target::Direct, Target::Plinth, Target::Nginx];
 
 impl Target {
     fn name(self) -> &'static str {
         match self {
             Target::Direct => "direct",
             Target::Plinth => "plinth proxy",
+            Target::PlinthShared => "plinth, shared runtime",
             Target::Nginx => "nginx",
         }
+    }
+
+    /// The targets of a run, in the order each round loads them.
+    fn all(args: &ProxyArgs) -> Vec<Target> {
+        let mut targets = vec![Target::Direct, Target::Plinth];
+        if args.also_shared {
+            targets.push(Target::PlinthShared);
+        }
+        targets.push(Target::Nginx);
+        targets
     }
 }
 
@@ -211,8 +222,8 @@ fn wait_answering(addr: SocketAddr, what: &str, mut alive: impl FnMut() -> Resul
 }
 
 /// How the in-process proxy is run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProxyRuntime {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProxyRuntime {
     /// As `plinth server` runs it: `ProxyConfig::workers` threads, each with a current-thread
     /// runtime and its own backend pool, taking the connections an accepting task hands them.
     Workers,
@@ -381,7 +392,7 @@ struct Setup<'a> {
     args: &'a ProxyArgs,
     backend: &'a Running,
     nginx: &'a Running,
-    addrs: [(Target, SocketAddr); 3],
+    addrs: Vec<(Target, SocketAddr)>,
 }
 
 impl Setup<'_> {
@@ -392,7 +403,7 @@ impl Setup<'_> {
     fn proxy_ticks(&self, target: Target) -> Option<Ticks> {
         match target {
             Target::Direct => None,
-            Target::Plinth => child::own_ticks(std::process::id()),
+            Target::Plinth | Target::PlinthShared => child::own_ticks(std::process::id()),
             Target::Nginx => nginx_ticks(self.nginx.pid()),
         }
     }
@@ -478,8 +489,16 @@ pub fn run(args: ProxyArgs) -> Result<()> {
     )?;
     let backend_addr = child::demo_app_addr(backend.take_stdout().context("the demo app's stdout")?)?;
     wait_answering(backend_addr, "the demo app", || backend.check_alive())?;
-    let mut plinth_proxy = InProcessProxy::start(backend_addr, args.proxy_runtime, args.proxy_workers)?;
+    let mut plinth_proxy = InProcessProxy::start(backend_addr, ProxyRuntime::Workers, args.proxy_workers)?;
     wait_answering(plinth_proxy.addr, "plinth's proxy", || plinth_proxy.check_alive())?;
+    let mut shared_proxy = match args.also_shared {
+        true => {
+            let proxy = InProcessProxy::start(backend_addr, ProxyRuntime::Shared, args.proxy_workers)?;
+            wait_answering(proxy.addr, "plinth's proxy on a shared runtime", || proxy.check_alive())?;
+            Some(proxy)
+        }
+        false => None,
+    };
     let (mut nginx, nginx_addr) = start_nginx(&root.join("nginx"), backend_addr)?;
     eprintln!("proxy: demo app on {backend_addr}, plinth's proxy on {}, nginx on {nginx_addr}", plinth_proxy.addr);
 
@@ -487,10 +506,14 @@ pub fn run(args: ProxyArgs) -> Result<()> {
         args: &args,
         backend: &backend,
         nginx: &nginx,
-        addrs: [(Target::Direct, backend_addr), (Target::Plinth, plinth_proxy.addr), (Target::Nginx, nginx_addr)],
+        addrs: [(Target::Direct, backend_addr), (Target::Plinth, plinth_proxy.addr), (Target::Nginx, nginx_addr)]
+            .into_iter()
+            .chain(shared_proxy.as_ref().map(|p| (Target::PlinthShared, p.addr)))
+            .collect(),
     };
+    let targets = Target::all(&args);
     if !args.warm_up.is_zero() {
-        for target in TARGETS {
+        for &target in &targets {
             eprintln!("proxy: warming up {}", target.name());
             setup.wrk(target, Load::Saturating, args.warm_up)?;
         }
@@ -500,7 +523,7 @@ pub fn run(args: ProxyArgs) -> Result<()> {
     let mut rounds: Vec<Vec<Sample>> = Vec::new();
     for round in 1..=args.rounds {
         let mut samples = Vec::new();
-        for (&load, target) in loads.iter().flat_map(|l| TARGETS.iter().map(move |t| (l, *t))) {
+        for (&load, target) in loads.iter().flat_map(|l| targets.iter().map(move |t| (l, *t))) {
             let sample = setup.wrk(target, load, args.duration)?;
             eprintln!(
                 "proxy: round {round}/{}: {} ({:?}): {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms",
@@ -516,6 +539,9 @@ pub fn run(args: ProxyArgs) -> Result<()> {
         rounds.push(samples);
     }
     plinth_proxy.stop()?;
+    if let Some(proxy) = shared_proxy.as_mut() {
+        proxy.stop()?;
+    }
     nginx.stop()?;
     backend.stop()?;
     let others = noise.others()?;
@@ -554,9 +580,10 @@ fn report(args: &ProxyArgs, rounds: &[Vec<Sample>]) {
         args.duration.as_secs(),
         if args.one_connection { " and `wrk -t1 -c1` (one connection)" } else { "" },
         args.proxy_workers,
-        match args.proxy_runtime {
-            ProxyRuntime::Workers => ", a current-thread runtime each",
-            ProxyRuntime::Shared => " of one multi-thread runtime",
+        if args.also_shared {
+            ", a current-thread runtime each; and, as before, on one multi-thread runtime"
+        } else {
+            ", a current-thread runtime each"
         },
         rounds.len()
     );
@@ -604,7 +631,7 @@ fn report(args: &ProxyArgs, rounds: &[Vec<Sample>]) {
             "| target | requests/s | p50 | p99 | p50 − direct | p99 − direct | proxy CPU per request | of which user space |"
         );
         println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-        for target in TARGETS {
+        for target in Target::all(args) {
             let (overhead50, overhead99, cpu_text, user_text) = if target == Target::Direct {
                 ("–".to_owned(), "–".to_owned(), "–".to_owned(), "–".to_owned())
             } else {
@@ -644,6 +671,19 @@ fn report(args: &ProxyArgs, rounds: &[Vec<Sample>]) {
         ratio(saturating, Target::Plinth, Target::Direct),
         ratio(saturating, Target::Nginx, Target::Direct)
     );
+    if args.also_shared {
+        let cpu_ratio =
+            |a: Target| over_rounds(&|r| Some(of(saturating, a, cpu)(r)? / of(saturating, Target::Nginx, cpu)(r)?));
+        println!(
+            "| throughput, saturating, / nginx, shared runtime | {:.3}x | 1.000x | | |",
+            ratio(saturating, Target::PlinthShared, Target::Nginx)
+        );
+        println!(
+            "| proxy CPU per request, saturating, / nginx's: workers; shared runtime | {:.3}x; {:.3}x | 1.000x | | |",
+            cpu_ratio(Target::Plinth),
+            cpu_ratio(Target::PlinthShared)
+        );
+    }
     for &load in loads {
         let (plinth, nginx) = (overhead(load, Target::Plinth), overhead(load, Target::Nginx));
         println!(
