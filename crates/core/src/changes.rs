@@ -176,7 +176,11 @@ struct Collector {
 
 impl Collector {
     fn add(&mut self, stack: &Rc<Stack>, deleted: bool, reason: Reason) {
-        let entry = self.found.entry(stack.name.clone()).or_insert_with(|| (stack.clone(), deleted, Vec::new()));
+        // Most calls find the stack collected already: its name is copied only for a new one.
+        let entry = match self.found.get_mut(&stack.name) {
+            Some(entry) => entry,
+            None => self.found.entry(stack.name.clone()).or_insert_with(|| (stack.clone(), deleted, Vec::new())),
+        };
         if reason.path.is_none() || !entry.2.iter().any(|r| r.path == reason.path) {
             entry.2.push(reason);
         }
@@ -189,7 +193,8 @@ impl Collector {
 pub fn affected(changes: &[PathChange], inputs: Inputs<'_>) -> Result<Vec<AffectedStack>, AffectedError> {
     let head = inputs.head;
     let mut collector = Collector::default();
-    let mut user_cache: HashMap<(bool, String), Vec<String>> = HashMap::default();
+    // Each module's transitive users, in the head's graph [0] and the base's [1].
+    let mut user_cache: [HashMap<String, Vec<String>>; 2] = Default::default();
 
     for change in changes {
         let deleted = change.kind == ChangeKind::Deleted;
@@ -224,12 +229,18 @@ pub fn affected(changes: &[PathChange], inputs: Inputs<'_>) -> Result<Vec<Affect
             (Some((_, base_modules)), true) => (base_modules, true),
             _ => (inputs.head_modules, false),
         };
-        for module in ancestors(path) {
-            if !modules.is_module(module) {
-                continue;
+        let user_cache = &mut user_cache[usize::from(from_base)];
+        let chain: Vec<&str> = ancestors(path).filter(|dir| modules.is_module(dir)).collect();
+        // Outermost first, so that each level's walk stops at the level above it.
+        for &module in chain.iter().rev() {
+            if !user_cache.contains_key(module) {
+                let users = modules.transitive_users_given(module, &|dir| user_cache.get(dir).map(Vec::as_slice));
+                user_cache.insert(module.to_owned(), users);
             }
-            let dirs =
-                user_cache.entry((from_base, module.to_owned())).or_insert_with(|| modules.transitive_users(module));
+        }
+        // Innermost first: a path's reason names the deepest module holding it.
+        for module in chain {
+            let Some(dirs) = user_cache.get(module) else { continue };
             for dir in dirs.iter() {
                 let sites = if from_base { head.sites_at(dir)? } else { head.sites_at_existing(dir)? };
                 for site in sites.iter() {

@@ -121,24 +121,35 @@ pub trait ModuleLookup {
     /// Files in `dir` whose module blocks could not be read.
     fn problems(&self, dir: &str) -> Vec<String>;
 
-    /// Every directory that uses `module`, directly or through other modules.
+    /// Every directory that uses `module`, directly or through other modules, in no particular
+    /// order (`module` itself only when a cycle leads back to it).
     fn transitive_users(&self, module: &str) -> Vec<String> {
+        self.transitive_users_given(module, &|_| None)
+    }
+
+    /// [`transitive_users`](Self::transitive_users), taking a user's own transitive users from
+    /// `known` when it has them instead of walking past that user: everything reachable from a
+    /// user is in its answer, so the walk stops there. Up a chain of nested modules, each
+    /// level then costs one lookup instead of one per level above it.
+    fn transitive_users_given<'k>(&self, module: &str, known: &dyn Fn(&str) -> Option<&'k [String]>) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         let mut seen: HashSet<String> = HashSet::default();
-        let mut next = 0;
-        for user in self.direct_users(module) {
-            if seen.insert(user.clone()) {
-                out.push(user);
+        let mut pending = self.direct_users(module);
+        while let Some(user) = pending.pop() {
+            if !seen.insert(user.clone()) {
+                continue;
             }
-        }
-        while next < out.len() {
-            let users = self.direct_users(&out[next]);
-            next += 1;
-            for user in users {
-                if seen.insert(user.clone()) {
-                    out.push(user);
+            match known(&user) {
+                Some(reachable) => {
+                    for further in reachable {
+                        if seen.insert(further.clone()) {
+                            out.push(further.clone());
+                        }
+                    }
                 }
+                None => pending.extend(self.direct_users(&user)),
             }
+            out.push(user);
         }
         out
     }
@@ -833,6 +844,11 @@ mod tests {
         let mut got = graph.transitive_users("modules/net");
         got.sort();
         assert_eq!(got, ["modules/app", "modules/net", "terraform/prd", "terraform/stg"]);
+        // Given what `modules/app` reaches, the walk stops there with the same answer.
+        let app = graph.transitive_users("modules/app");
+        let mut given = graph.transitive_users_given("modules/net", &|dir| (dir == "modules/app").then_some(&app[..]));
+        given.sort();
+        assert_eq!(given, got);
         assert!(graph.get(".terraform/modules/x").is_none());
     }
 
