@@ -40,6 +40,9 @@ pub struct ServerConfig {
     /// Where the proxy serves the same hosts over HTTPS, with certificates from the local CA
     /// in `<data-dir>/ca`; no HTTPS when not set.
     pub tls_listen: Option<std::net::SocketAddr>,
+    /// The proxy's worker threads (see `plinth_proxy::ProxyConfig::workers`): one per core
+    /// unless set; 0 serves its connections on the server's runtime.
+    pub proxy_workers: usize,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -52,7 +55,9 @@ impl std::fmt::Debug for ServerConfig {
             .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "<redacted>"))
             .field("shutdown_grace", &self.shutdown_grace)
             .field("master_key_file", &self.master_key_file)
+            .field("proxy_listen", &self.proxy_listen)
             .field("tls_listen", &self.tls_listen)
+            .field("proxy_workers", &self.proxy_workers)
             .finish()
     }
 }
@@ -71,6 +76,7 @@ impl ServerConfig {
             master_key_file: None,
             proxy_listen: None,
             tls_listen: None,
+            proxy_workers: plinth_proxy::ProxyConfig::default().workers,
         }
     }
 }
@@ -202,6 +208,10 @@ impl AppState {
         keys: Arc<LocalKeyring>,
     ) -> Self {
         let logs = LogHub::new(store.clone(), paths.log_spool.clone());
+        let proxy = plinth_proxy::Proxy::new(plinth_proxy::ProxyConfig {
+            workers: config.proxy_workers,
+            ..plinth_proxy::ProxyConfig::default()
+        });
         AppState(Arc::new(Inner {
             config,
             paths,
@@ -210,7 +220,7 @@ impl AppState {
             logs,
             keys,
             secrets_write: tokio::sync::Mutex::new(()),
-            deployer: crate::deployer::Deployer::new(plinth_proxy::Proxy::new(plinth_proxy::ProxyConfig::default())),
+            deployer: crate::deployer::Deployer::new(proxy),
             wake_scheduler: Notify::new(),
             wake_watcher: Notify::new(),
             poll_lock: tokio::sync::Mutex::new(None),

@@ -47,6 +47,11 @@ pub struct Args {
     /// the CA certificate for clients to trust.
     #[arg(long)]
     tls_listen: Option<SocketAddr>,
+    /// Threads that serve the proxy's connections, each with its own runtime and keep-alive
+    /// connections to the instances. Defaults to one per core; 0 serves them on the server's
+    /// own threads instead.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    proxy_workers: Option<u16>,
 }
 
 fn fail(code: &'static str, message: String, help: &str) -> Failure {
@@ -83,6 +88,9 @@ pub fn run(args: Args) -> Outcome {
     config.master_key_file = args.master_key_file.clone();
     config.proxy_listen = args.proxy_listen;
     config.tls_listen = args.tls_listen;
+    if let Some(workers) = args.proxy_workers {
+        config.proxy_workers = usize::from(workers);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -297,7 +297,9 @@ fn launch(repo: &Path, dir: &Path, tls: bool) -> (Child, String, String, Option<
             .arg("--data-dir")
             .arg(&data)
             .args(["--listen", &addr, "--proxy-listen", &proxy, "--poll-interval", "100ms", "--shutdown-grace", "5s"])
-            .args(tls.iter().flat_map(|tls| ["--tls-listen", tls.as_str()]))
+            // The HTTPS server also runs its proxy on one worker thread instead of one per core,
+            // so that a set `--proxy-workers` is served end to end too.
+            .args(tls.iter().flat_map(|tls| ["--tls-listen", tls.as_str(), "--proxy-workers", "1"]))
             .env("PATH", &path)
             .env("PLINTH_LOG", "info")
             .env_remove("PLINTH_LOG_FORMAT")
