@@ -28,6 +28,19 @@ if ! command -v terraform >/dev/null 2>&1; then
 fi
 terraform version | head -n 1
 
+# plinth needs Rust 1.94 or newer (Cargo.toml's rust-version; sqlx 0.9 needs it).
+rust_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
+if [ "${rust_minor:-0}" -lt 94 ]; then
+  if command -v rustup >/dev/null 2>&1; then
+    rustup update stable
+    rustup default stable
+  else
+    echo "Rust 1.94 or newer is needed, $(rustc --version) is installed; update your toolchain." >&2
+    exit 1
+  fi
+fi
+rustc --version
+
 # CI checks formatting and lints too; a minimal rustup profile has neither.
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   if command -v rustup >/dev/null 2>&1; then
