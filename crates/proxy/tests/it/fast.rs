@@ -28,6 +28,12 @@ impl Scripted {
     }
 }
 
+/// A scripted backend and the proxy, with the default config, in front of it.
+async fn scripted() -> (Scripted, TestProxy) {
+    let (backend, table) = Scripted::start().await;
+    (backend, TestProxy::start(table).await)
+}
+
 /// Reads one request (head, then a `Content-Length` body) as text; `None` at the end of the
 /// stream.
 async fn read_request(conn: &mut BufReader<TcpStream>) -> Option<String> {
@@ -58,12 +64,20 @@ async fn reply(conn: &mut BufReader<TcpStream>, bytes: &[u8]) {
     conn.get_mut().write_all(bytes).await.unwrap();
 }
 
+/// The first line of a request read from `conn`, or `None` at the end of the stream.
+async fn request_line(conn: &mut BufReader<TcpStream>) -> Option<String> {
+    read_request(conn).await.map(|request| request.lines().next().unwrap_or_default().to_owned())
+}
+
+async fn answer(conn: &mut BufReader<TcpStream>, body: &str) {
+    reply(conn, format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes()).await;
+}
+
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: app.localhost\r\n\r\n";
 
 #[tokio::test]
 async fn a_chunked_response_is_forwarded_intact_and_the_connection_reused() {
-    let (backend, table) = Scripted::start().await;
-    let proxy = TestProxy::start(table).await;
+    let (backend, proxy) = scripted().await;
     let script = tokio::spawn(async move {
         let mut conn = backend.accept().await;
         for _ in 0..2 {
@@ -86,8 +100,7 @@ async fn a_chunked_response_is_forwarded_intact_and_the_connection_reused() {
 
 #[tokio::test]
 async fn transfer_codings_besides_chunked_reach_the_client_with_the_bytes_they_describe() {
-    let (backend, table) = Scripted::start().await;
-    let proxy = TestProxy::start(table).await;
+    let (backend, proxy) = scripted().await;
     // Not really gzip: the proxy copies bytes and never decodes, which is the point.
     let body = b"3\r\n\x1f\x8b\x08\r\n0\r\n\r\n";
     let script = tokio::spawn(async move {
@@ -114,12 +127,11 @@ async fn transfer_codings_besides_chunked_reach_the_client_with_the_bytes_they_d
 
 #[tokio::test]
 async fn a_response_without_a_date_gets_one_and_a_dated_one_keeps_its_own() {
-    let (backend, table) = Scripted::start().await;
-    let proxy = TestProxy::start(table).await;
+    let (backend, proxy) = scripted().await;
     let script = tokio::spawn(async move {
         let mut conn = backend.accept().await;
         read_request(&mut conn).await.unwrap();
-        reply(&mut conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        answer(&mut conn, "ok").await;
         read_request(&mut conn).await.unwrap();
         reply(&mut conn, b"HTTP/1.1 200 OK\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\nContent-Length: 2\r\n\r\nok")
             .await;
@@ -166,8 +178,7 @@ async fn content_length_bodies_reach_the_backend_buffered_or_streamed() {
 
 #[tokio::test]
 async fn a_response_without_length_closes_the_client_connection() {
-    let (backend, table) = Scripted::start().await;
-    let proxy = TestProxy::start(table).await;
+    let (backend, proxy) = scripted().await;
     let script = tokio::spawn(async move {
         let mut conn = backend.accept().await;
         read_request(&mut conn).await.unwrap();
@@ -211,14 +222,13 @@ async fn pipelined_requests_are_answered_in_order() {
 
 #[tokio::test]
 async fn a_request_with_both_lengths_is_not_forwarded_as_is() {
-    let (backend, table) = Scripted::start().await;
-    let proxy = TestProxy::start(table).await;
+    let (backend, proxy) = scripted().await;
     let script = tokio::spawn(async move {
         let mut conn = backend.accept().await;
         let head = read_request(&mut conn).await.unwrap();
         let mut body = [0; 5];
         conn.read_exact(&mut body).await.unwrap();
-        reply(&mut conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        answer(&mut conn, "ok").await;
         (head.to_ascii_lowercase(), body)
     });
     let mut raw = Raw::connect(proxy.addr).await;
@@ -241,8 +251,7 @@ async fn a_request_with_both_lengths_is_not_forwarded_as_is() {
 
 #[tokio::test]
 async fn a_head_response_has_no_body_whatever_its_length_says() {
-    let (backend, table) = Scripted::start().await;
-    let proxy = TestProxy::start(table).await;
+    let (backend, proxy) = scripted().await;
     let script = tokio::spawn(async move {
         let mut conn = backend.accept().await;
         assert!(read_request(&mut conn).await.unwrap().starts_with("HEAD / "));
@@ -250,7 +259,7 @@ async fn a_head_response_has_no_body_whatever_its_length_says() {
         assert!(read_request(&mut conn).await.unwrap().starts_with("GET / "));
         reply(&mut conn, b"HTTP/1.1 204 No Content\r\n\r\n").await;
         read_request(&mut conn).await.unwrap();
-        reply(&mut conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        answer(&mut conn, "ok").await;
     });
     let mut raw = Raw::connect(proxy.addr).await;
     raw.send(b"HEAD / HTTP/1.1\r\nHost: app.localhost\r\n\r\n").await;
@@ -268,7 +277,7 @@ async fn a_head_response_has_no_body_whatever_its_length_says() {
 async fn closes_after_one(backend: Scripted, retried: bool) -> Vec<String> {
     let mut conn = backend.accept().await;
     read_request(&mut conn).await.unwrap();
-    reply(&mut conn, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none").await;
+    answer(&mut conn, "one").await;
     let mut seen = vec![read_request(&mut conn).await.unwrap()];
     drop(conn);
     if !retried {
@@ -277,15 +286,14 @@ async fn closes_after_one(backend: Scripted, retried: bool) -> Vec<String> {
     let mut conn = backend.accept().await;
     if let Some(request) = read_request(&mut conn).await {
         seen.push(request);
-        reply(&mut conn, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo").await;
+        answer(&mut conn, "two").await;
     }
     seen
 }
 
 #[tokio::test]
 async fn a_get_on_a_pooled_connection_that_closed_is_sent_again() {
-    let (backend, table) = Scripted::start().await;
-    let proxy = TestProxy::start(table).await;
+    let (backend, proxy) = scripted().await;
     let script = tokio::spawn(closes_after_one(backend, true));
     let mut raw = Raw::connect(proxy.addr).await;
     raw.send(GET).await;
@@ -300,8 +308,7 @@ async fn a_get_on_a_pooled_connection_that_closed_is_sent_again() {
 
 #[tokio::test]
 async fn a_post_on_a_pooled_connection_that_closed_gets_502() {
-    let (backend, table) = Scripted::start().await;
-    let proxy = TestProxy::start(table).await;
+    let (backend, proxy) = scripted().await;
     let script = tokio::spawn(closes_after_one(backend, false));
     let mut raw = Raw::connect(proxy.addr).await;
     raw.send(GET).await;
@@ -318,8 +325,7 @@ async fn a_post_on_a_pooled_connection_that_closed_gets_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaving_mid_request_body_is_not_counted() {
-    let (backend, table) = Scripted::start().await;
-    let proxy = TestProxy::start(table).await;
+    let (backend, proxy) = scripted().await;
     let (got_head_tx, got_head) = oneshot::channel();
     tokio::spawn(async move {
         let mut conn = backend.accept().await;
@@ -354,15 +360,6 @@ async fn an_upgrade_after_plain_requests_goes_to_hyper_with_its_bytes() {
     raw.send(b"pong").await;
     assert_eq!(raw.read_exact(4).await, b"pong");
     assert_eq!(proxy.proxy.in_flight("app"), 1);
-}
-
-/// The first line of a request read from `conn`, or `None` at the end of the stream.
-async fn request_line(conn: &mut BufReader<TcpStream>) -> Option<String> {
-    read_request(conn).await.map(|request| request.lines().next().unwrap_or_default().to_owned())
-}
-
-async fn answer(conn: &mut BufReader<TcpStream>, body: &str) {
-    reply(conn, format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes()).await;
 }
 
 #[tokio::test]
@@ -402,8 +399,7 @@ async fn each_worker_reuses_only_the_backend_connections_it_opened() {
 
 #[tokio::test]
 async fn a_dropped_serve_stops_its_workers_and_closes_their_connections() {
-    let (backend, table) = Scripted::start().await;
-    let mut proxy = TestProxy::start(table).await;
+    let (backend, mut proxy) = scripted().await;
     let script = tokio::spawn(async move {
         let mut conn = backend.accept().await;
         let first = request_line(&mut conn).await;
