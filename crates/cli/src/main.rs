@@ -3,6 +3,7 @@
 // Command output goes through `outln!`, which ends quietly on a closed pipe.
 #![deny(clippy::print_stdout)]
 
+mod arena;
 #[macro_use]
 mod output;
 mod client;
@@ -11,6 +12,9 @@ mod commands;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static ALLOCATOR: arena::Allocator = arena::Allocator::new();
 
 /// plinth: releases for Terraform stacks and container services, from one binary.
 #[derive(Debug, Parser)]
@@ -104,7 +108,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init(args) => commands::init::run(args),
         Command::Check(args) => commands::check::run(args),
-        Command::Changed(args) => commands::changed::run(args),
+        Command::Changed(args) => {
+            ALLOCATOR.switch_to_arena();
+            commands::changed::run(args)
+        }
         Command::Quickstart(args) => commands::quickstart::run(args),
         Command::Server(args) => commands::server::run(args),
         Command::Runs(args) => commands::runs::run(args),
