@@ -301,8 +301,9 @@ fn measure(args: &ChangedArgs, root: &Path, stacks: usize) -> Result<Figures> {
         bail!("expected {} changed files, git shows {git_files}", args.touched);
     }
 
-    // The usual CI case: the base commit was seen before, the head is new. Its cache entry is
-    // removed before each run, so the base's graph is read and updated with the change.
+    // The usual CI case: the base commit was seen before, the head is new. Its cache entry (a
+    // patch over the base's whole graph, or a whole graph) is removed before each run, so the
+    // changed directories are re-read and laid over the base's graph.
     let head_tree = git(&dir, &["rev-parse", &format!("{head}^{{tree}}")])?;
     // Cache the base as a previous run on it would have.
     run_quiet(Command::new(&plinth).args(["changed", "--repo"]).arg(&dir).args([
@@ -313,7 +314,7 @@ fn measure(args: &ChangedArgs, root: &Path, stacks: usize) -> Result<Figures> {
         "--cache-dir",
         cache.to_str().unwrap_or("cache"),
     ]))?;
-    let head_entry = cache.join(format!("{head_tree}.bin"));
+    let head_entries = ["bin", "patch"].map(|extension| cache.join(format!("{head_tree}.{extension}")));
     let cache_arg = cache.to_str().unwrap_or("cache");
     // Taking turns: git, then plinth with the head cached, then plinth with only the base
     // cached (which writes the head's entry back for the next turn).
@@ -323,7 +324,9 @@ fn measure(args: &ChangedArgs, root: &Path, stacks: usize) -> Result<Figures> {
             &mut || run_quiet(Command::new("git").current_dir(&dir).args(["diff", "--name-only", &base, &head])),
             &mut || run_quiet(&mut plinth_cmd(&["--cache-dir", cache_arg])),
             &mut || {
-                let _ = std::fs::remove_file(&head_entry);
+                for entry in &head_entries {
+                    let _ = std::fs::remove_file(entry);
+                }
                 run_quiet(&mut plinth_cmd(&["--cache-dir", cache_arg]))
             },
         ],

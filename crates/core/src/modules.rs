@@ -217,21 +217,19 @@ impl ModuleGraph {
 
     /// Re-reads the given directories, after the files in them changed.
     pub fn update<'a>(&mut self, tree: &dyn Tree, dirs: impl IntoIterator<Item = &'a str>) -> Result<(), TreeError> {
-        for dir in dirs {
-            if dir.split('/').any(skip_dir) {
-                continue;
-            }
-            let scanned = match tree.read_dir(dir)? {
-                Some(entries) => Self::scan_dir(tree, dir, &entries)?,
-                None => None,
-            };
-            match scanned {
-                Some(modules) => self.dirs.insert(dir.to_owned(), modules),
+        self.apply(&ModulePatch::read(tree, dirs)?);
+        Ok(())
+    }
+
+    /// Takes in the directories a patch re-read.
+    pub fn apply(&mut self, patch: &ModulePatch) {
+        for (dir, modules) in &patch.dirs {
+            match modules {
+                Some(modules) => self.dirs.insert(dir.clone(), modules.clone()),
                 None => self.dirs.remove(dir),
             };
         }
         self.rebuild_users();
-        Ok(())
     }
 
     pub(crate) fn scan_dir(
@@ -314,6 +312,171 @@ impl ModuleLookup for ModuleGraph {
 
     fn problems(&self, dir: &str) -> Vec<String> {
         self.dirs.get(dir).map(|m| m.problems.clone()).unwrap_or_default()
+    }
+}
+
+/// Directories re-read after their files changed, to be laid over the graph of the commit they
+/// changed from. A new commit's graph is then its base's (often a cached [`ModuleIndex`], read
+/// only where a lookup goes) plus a patch the size of the change, instead of a copy of the
+/// whole graph.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModulePatch {
+    /// What each re-read directory says now; `None` when it holds no Terraform files any more.
+    dirs: BTreeMap<String, Option<DirModules>>,
+    /// For each module, the re-read directories that use it now, sorted.
+    users: BTreeMap<String, Vec<String>>,
+}
+
+impl ModulePatch {
+    /// Reads the given directories from `tree`. Hidden directories are skipped, as a walk of
+    /// the whole tree skips them.
+    pub fn read<'a>(tree: &dyn Tree, dirs: impl IntoIterator<Item = &'a str>) -> Result<Self, TreeError> {
+        let mut patch = ModulePatch::default();
+        for dir in dirs {
+            if dir.split('/').any(skip_dir) {
+                continue;
+            }
+            let scanned = match tree.read_dir(dir)? {
+                Some(entries) => ModuleGraph::scan_dir(tree, dir, &entries)?,
+                None => None,
+            };
+            patch.dirs.insert(dir.to_owned(), scanned);
+        }
+        patch.rebuild_users();
+        Ok(patch)
+    }
+
+    /// This patch with a later one laid over it: for a directory both re-read, the later
+    /// reading wins.
+    pub fn then(mut self, later: ModulePatch) -> ModulePatch {
+        self.dirs.extend(later.dirs);
+        self.rebuild_users();
+        self
+    }
+
+    /// How many directories were re-read.
+    pub fn len(&self) -> usize {
+        self.dirs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty()
+    }
+
+    fn rebuild_users(&mut self) {
+        self.users.clear();
+        for (dir, modules) in &self.dirs {
+            for used in modules.iter().flat_map(|m| &m.uses) {
+                self.users.entry(used.clone()).or_default().push(dir.clone());
+            }
+        }
+    }
+
+    /// `[magic][checksum of the rest][records]`, each record
+    /// `[dir][1 if it holds Terraform files, else 0][uses][problems]`, as in the index.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (dir, modules) in &self.dirs {
+            push_str(&mut body, dir);
+            body.push(u8::from(modules.is_some()));
+            for list in modules.iter().flat_map(|m| [&m.uses, &m.problems]) {
+                push_u32(&mut body, list.len());
+                list.iter().for_each(|item| push_str(&mut body, item));
+            }
+        }
+        let mut out = Vec::with_capacity(PATCH_MAGIC.len() + 8 + body.len());
+        out.extend_from_slice(PATCH_MAGIC);
+        out.extend_from_slice(&checksum(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Reads what [`encode`](Self::encode) wrote; `None` if it is damaged.
+    pub fn decode(bytes: &[u8]) -> Option<ModulePatch> {
+        let rest = bytes.strip_prefix(PATCH_MAGIC)?;
+        let (sum, body) = rest.split_first_chunk::<8>()?;
+        if u64::from_le_bytes(*sum) != checksum(body) {
+            return None;
+        }
+        let mut cursor = Cursor { bytes: body, at: 0 };
+        let mut patch = ModulePatch::default();
+        let string = |cursor: &mut Cursor<'_>| -> Option<String> {
+            let len = cursor.u32()?;
+            let range = cursor.skip(len)?;
+            Some(std::str::from_utf8(&body[range]).ok()?.to_owned())
+        };
+        while cursor.at < body.len() {
+            let dir = string(&mut cursor)?;
+            let present = *body.get(cursor.at)?;
+            cursor.at += 1;
+            let modules = match present {
+                0 => None,
+                1 => {
+                    let mut lists = [Vec::new(), Vec::new()];
+                    for list in &mut lists {
+                        let count = cursor.u32()?;
+                        for _ in 0..count {
+                            list.push(string(&mut cursor)?);
+                        }
+                    }
+                    let [uses, problems] = lists;
+                    Some(DirModules { uses, problems })
+                }
+                _ => return None,
+            };
+            patch.dirs.insert(dir, modules);
+        }
+        patch.rebuild_users();
+        Some(patch)
+    }
+}
+
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    push_u32(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+const PATCH_MAGIC: &[u8] = b"plinth-modules-patch-v1\n";
+
+/// A graph with a patch laid over it: the graph of the commit the patch's directories were
+/// re-read from.
+#[derive(Debug)]
+pub struct Patched<G> {
+    pub base: G,
+    pub patch: ModulePatch,
+}
+
+impl<G: std::ops::Deref<Target: ModuleLookup>> ModuleLookup for Patched<G> {
+    fn is_module(&self, dir: &str) -> bool {
+        self.patch.users.contains_key(dir)
+            || (self.base.is_module(dir)
+                && self.base.direct_users(dir).iter().any(|user| !self.patch.dirs.contains_key(user)))
+    }
+
+    fn direct_users(&self, module: &str) -> Vec<String> {
+        let mut users = self.base.direct_users(module);
+        let added = self.patch.users.get(module);
+        if users.is_empty() && added.is_none() {
+            return users;
+        }
+        users.retain(|user| !self.patch.dirs.contains_key(user));
+        users.extend(added.into_iter().flatten().cloned());
+        users.sort();
+        users
+    }
+
+    fn uses(&self, dir: &str) -> Vec<String> {
+        match self.patch.dirs.get(dir) {
+            Some(modules) => modules.as_ref().map(|m| m.uses.clone()).unwrap_or_default(),
+            None => self.base.uses(dir),
+        }
+    }
+
+    fn problems(&self, dir: &str) -> Vec<String> {
+        match self.patch.dirs.get(dir) {
+            Some(modules) => modules.as_ref().map(|m| m.problems.clone()).unwrap_or_default(),
+            None => self.base.problems(dir),
+        }
     }
 }
 
@@ -861,6 +1024,67 @@ mod tests {
         graph.update(&tree, ["terraform/stg", "modules/net"]).unwrap();
         assert_eq!(graph, ModuleGraph::build(&tree).unwrap());
         assert_eq!(graph.modules_of("terraform/stg"), Vec::<String>::new());
+    }
+
+    /// Every answer `lookup` gives about the directories of `tree` and the modules they name.
+    fn answers(lookup: &dyn ModuleLookup, tree: &MemTree) -> Vec<String> {
+        let graph = ModuleGraph::build(tree).unwrap();
+        let mut dirs: BTreeSet<String> = graph.dirs().map(|(d, _)| d.to_owned()).collect();
+        dirs.extend(graph.dirs().flat_map(|(_, m)| m.uses.clone()));
+        dirs.extend(["terraform/stg", "terraform/prd", "modules/app", "modules/net", "modules/db"].map(String::from));
+        dirs.into_iter()
+            .map(|d| {
+                let (module, users, uses, problems) =
+                    (lookup.is_module(&d), lookup.direct_users(&d), lookup.uses(&d), lookup.problems(&d));
+                format!("{d}: module {module}, users {users:?}, uses {uses:?}, problems {problems:?}")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_patched_index_answers_like_the_graph_of_the_new_tree() {
+        let before = seed_000();
+        let index = ModuleIndex::open(ModuleGraph::build(&before).unwrap().encode()).unwrap();
+        // stg leaves the module, prd moves to a new one, net goes away, a file stops parsing.
+        let mut after = before.clone();
+        after.insert("terraform/stg/main.tf", "resource \"terraform_data\" \"own\" {}");
+        after.insert("terraform/prd/main.tf", r#"module "db" { source = "../../modules/db" }"#);
+        after.insert("modules/db/main.tf", r#"module "app" { source = "../app" }"#);
+        after.insert("modules/app/broken.tf", "module {");
+        after.remove("modules/net/main.tf");
+        let dirs = ["terraform/stg", "terraform/prd", "modules/db", "modules/app", "modules/net"];
+        let patched = Patched { base: &index, patch: ModulePatch::read(&after, dirs).unwrap() };
+        let expected = ModuleGraph::build(&after).unwrap();
+        assert_eq!(answers(&patched, &after), answers(&expected, &after));
+        assert!(patched.is_module("modules/db") && patched.uses("terraform/stg").is_empty());
+        assert_eq!(patched.direct_users("modules/app"), ["modules/db"]);
+        assert_eq!(patched.problems("modules/app").len(), 1);
+
+        // A second change, laid over the first, and through the patch's own encoding.
+        let mut later = after.clone();
+        later.insert("terraform/stg/main.tf", r#"module "app" { source = "../../modules/app" }"#);
+        let patch =
+            ModulePatch::read(&after, dirs).unwrap().then(ModulePatch::read(&later, ["terraform/stg"]).unwrap());
+        let patch = ModulePatch::decode(&patch.encode()).unwrap();
+        let patched = Patched { base: &index, patch };
+        assert_eq!(answers(&patched, &later), answers(&ModuleGraph::build(&later).unwrap(), &later));
+        let mut graph = ModuleGraph::build(&before).unwrap();
+        graph.apply(&patched.patch);
+        assert_eq!(graph, ModuleGraph::build(&later).unwrap());
+    }
+
+    #[test]
+    fn a_damaged_patch_is_rejected() {
+        let patch = ModulePatch::read(&seed_000(), ["terraform/stg", "modules/gone"]).unwrap();
+        assert_eq!(patch.len(), 2);
+        let bytes = patch.encode();
+        assert_eq!(ModulePatch::decode(&bytes), Some(patch));
+        for at in [0, PATCH_MAGIC.len() + 3, bytes.len() - 1] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x20;
+            assert_eq!(ModulePatch::decode(&damaged), None, "damage at byte {at} went unnoticed");
+        }
+        assert_eq!(ModulePatch::decode(&bytes[..bytes.len() - 2]), None);
     }
 
     /// An index source that counts the reads made after opening.

@@ -165,8 +165,10 @@ fn changed_once(
     let result = changes::affected(&path_changes, inputs);
     let damaged = [Some(&head_graph), base_graph.as_ref()].into_iter().flatten().any(|g| g.is_damaged());
     if damaged {
-        cache.forget(head_tree.root());
-        cache.forget(base_tree.root());
+        cache.forget_graph(head_tree.root(), &head_graph);
+        if let Some(graph) = &base_graph {
+            cache.forget_graph(base_tree.root(), graph);
+        }
         return Ok(None);
     }
     let stacks = match result {
