@@ -128,7 +128,10 @@ impl ModuleCache {
         }
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(dir)?;
-            let tmp = dir.join(format!(".{tree}.{}.tmp", std::process::id()));
+            // Unique per write: the server's threads may keep the same tree at once.
+            static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = dir.join(format!(".{tree}.{extension}.{}.{n}.tmp", std::process::id()));
             std::fs::write(&tmp, bytes)?;
             std::fs::rename(&tmp, &file)?;
             prune(dir, "bin", KEEP)?;
