@@ -207,12 +207,7 @@ impl ModuleGraph {
     }
 
     fn rebuild_users(&mut self) {
-        self.users.clear();
-        for (dir, modules) in &self.dirs {
-            for used in &modules.uses {
-                self.users.entry(used.clone()).or_default().push(dir.clone());
-            }
-        }
+        self.users = users_of(self.dirs.iter().map(|(dir, modules)| (dir, Some(modules))));
     }
 
     /// Re-reads the given directories, after the files in them changed.
@@ -364,12 +359,7 @@ impl ModulePatch {
     }
 
     fn rebuild_users(&mut self) {
-        self.users.clear();
-        for (dir, modules) in &self.dirs {
-            for used in modules.iter().flat_map(|m| &m.uses) {
-                self.users.entry(used.clone()).or_default().push(dir.clone());
-            }
-        }
+        self.users = users_of(self.dirs.iter().map(|(dir, modules)| (dir, modules.as_ref())));
     }
 
     /// `[magic][checksum of the rest][records]`, each record
@@ -431,6 +421,18 @@ impl ModulePatch {
     }
 }
 
+/// The reverse edges of `dirs`, given in key order: for each module, the directories using it,
+/// sorted.
+fn users_of<'a>(dirs: impl Iterator<Item = (&'a String, Option<&'a DirModules>)>) -> BTreeMap<String, Vec<String>> {
+    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (dir, modules) in dirs {
+        for used in modules.iter().flat_map(|m| &m.uses) {
+            users.entry(used.clone()).or_default().push(dir.clone());
+        }
+    }
+    users
+}
+
 fn push_str(out: &mut Vec<u8>, s: &str) {
     push_u32(out, s.len());
     out.extend_from_slice(s.as_bytes());
@@ -448,9 +450,7 @@ pub struct Patched<G> {
 
 impl<G: std::ops::Deref<Target: ModuleLookup>> ModuleLookup for Patched<G> {
     fn is_module(&self, dir: &str) -> bool {
-        self.patch.users.contains_key(dir)
-            || (self.base.is_module(dir)
-                && self.base.direct_users(dir).iter().any(|user| !self.patch.dirs.contains_key(user)))
+        !self.direct_users(dir).is_empty()
     }
 
     fn direct_users(&self, module: &str) -> Vec<String> {

@@ -54,7 +54,7 @@ impl ModuleCache {
 
     /// Opens the cached whole graph of a tree. Only its header is read now; lookups read the
     /// rest.
-    pub fn load(&self, tree: ObjectId) -> Option<ModuleIndex<FileSource>> {
+    fn load(&self, tree: ObjectId) -> Option<ModuleIndex<FileSource>> {
         let file = std::fs::File::open(self.file(tree, "bin")?).ok()?;
         let len = file.metadata().ok()?.len();
         let index = ModuleIndex::open(FileSource { file, len });
@@ -87,7 +87,7 @@ impl ModuleCache {
     }
 
     /// Removes a tree's entries, after one turned out damaged.
-    pub fn forget(&self, tree: ObjectId) {
+    fn forget(&self, tree: ObjectId) {
         for extension in ["bin", "patch"] {
             if let Some(file) = self.file(tree, extension) {
                 let _ = std::fs::remove_file(file);
@@ -262,10 +262,13 @@ pub(crate) fn graphs(
     want_base: bool,
 ) -> Result<(Graph, Option<Graph>), TreeError> {
     let dirty = dirty_dirs(changes);
-    let head = match cache.graph(head_id) {
+    let cached_head = cache.graph(head_id);
+    // Read once: the base's entry may serve both to derive the head and as the base itself.
+    let cached_base = if cached_head.is_none() || want_base { cache.graph(base_id) } else { None };
+    let head = match cached_head {
         Some(graph) => graph,
         None => {
-            let derived = match cache.graph(base_id) {
+            let derived = match &cached_base {
                 Some(base) => base.derive(head_tree, &dirty)?,
                 None => None,
             };
@@ -280,7 +283,7 @@ pub(crate) fn graphs(
     if !want_base {
         return Ok((head, None));
     }
-    let base = match cache.graph(base_id) {
+    let base = match cached_base {
         Some(graph) => graph,
         None => {
             let graph = match head.derive(base_tree, &dirty)? {
